@@ -1,0 +1,5 @@
+"""Small reference networks used by the configs, examples and tests."""
+
+from lightning_kd.models.mlp import MLP
+
+__all__ = ["MLP"]
