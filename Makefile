@@ -25,8 +25,11 @@ lint: venv
 	$(PY) -m ruff check src tests
 	$(PY) -m ruff format --check src tests
 
+# The main job: a teacher, then scratch and distilled students over 3 seeds, then the report.
+DEMO_DIR ?= outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 demo: venv
-	$(PY) -m lightning_kd.demo
+	$(VENV)/bin/kd-train --multirun experiment=demo hydra.sweep.dir=$(DEMO_DIR)
+	$(VENV)/bin/kd-report $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache outputs multirun

@@ -143,6 +143,13 @@ def test_hard_loss_is_cross_entropy_and_honours_ignore_index():
     torch.testing.assert_close(hard_target_loss(s, y), expected)
 
 
+def test_hard_loss_of_an_all_unlabeled_batch_is_zero_not_nan():
+    s = logits(4, 5).requires_grad_()
+    loss = hard_target_loss(s, torch.full((4,), -100))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(s.grad == 0)
+
+
 class TestDistillationLoss:
     def test_weighting_alpha_on_soft(self):
         s, t, y = logits(8, 5), logits(8, 5, seed=1), torch.arange(8) % 5

@@ -182,7 +182,9 @@ def test_checkpoint_holds_the_student_only_and_round_trips(toy_loaders, tmp_path
     resumed = make_module(seed=1, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
     resumed.teacher.load_state_dict(module.teacher.state_dict())
     trainer = quiet_trainer(
-        max_epochs=4, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "resumed", save_last=True)]
+        max_epochs=4,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "resumed", save_last=True)],
     )
     trainer.fit(resumed, train, val, ckpt_path=path)
     assert trainer.current_epoch == 4 and trainer.global_step == 16

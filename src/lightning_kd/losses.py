@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "IGNORE_INDEX",
     "OBJECTIVES",
     "DistillationLoss",
     "DistillationLossOutput",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("kl", "mse")
+IGNORE_INDEX = -100  # label of an unlabeled sample or a padded position, as in PyTorch
 
 
 def check_temperature(temperature: float) -> float:
@@ -160,16 +162,16 @@ def logit_matching_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Op
     return _mean_over_positions(per_position, mask)
 
 
-def hard_target_loss(student_logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+def hard_target_loss(student_logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cross-entropy of the student at ``T = 1`` against the true labels.
 
     Args:
         student_logits: Student logits, ``[B, C]`` or ``[B, L, C]``.
         targets: Integer class labels, ``[B]`` or ``[B, L]``.
-        ignore_index: Label value that does not count (padding).
+        ignore_index: Label value that does not count (padding, or an unlabeled sample).
 
     Returns:
-        A scalar tensor, float32 or float64, averaged over the counted labels.
+        A scalar tensor, float32 or float64, averaged over the counted labels; 0 when there are none.
 
     Example:
         >>> import torch
@@ -187,7 +189,11 @@ def hard_target_loss(student_logits: Tensor, targets: Tensor, ignore_index: int 
         raise TypeError(f"targets must hold integer class indices, got dtype {targets.dtype}")
     num_classes = student_logits.shape[-1]
     logits = student_logits.to(_compute_dtype(student_logits)).reshape(-1, num_classes)
-    return F.cross_entropy(logits, targets.reshape(-1).long(), ignore_index=ignore_index)
+    targets = targets.reshape(-1).long()
+    # Sum over the counted labels, then divide: a batch of unlabeled samples only (a transfer set
+    # mixing labeled and unlabeled data) gives 0, where PyTorch's "mean" would give 0 / 0 = NaN.
+    total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
 
 
 class DistillationLossOutput(NamedTuple):
@@ -223,7 +229,9 @@ class DistillationLoss(nn.Module):
         (0.0, 1.0986, 0.5493)
     """
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, objective: str = "kl", ignore_index: int = -100):
+    def __init__(
+        self, temperature: float = 4.0, alpha: float = 0.9, objective: str = "kl", ignore_index: int = IGNORE_INDEX
+    ):
         super().__init__()
         self.temperature = temperature
         self.alpha = alpha

@@ -18,10 +18,19 @@ def test_split_is_fixed_complete_and_scaled():
     assert len(data.train_set) + len(data.val_set) + len(data.test_set) == 1797
 
 
-def test_train_size_limits_the_labeled_set():
-    data = DigitsDataModule(train_size=100)
+def test_labeled_size_limits_the_labeled_set():
+    data = DigitsDataModule(labeled_size=100)
     data.setup()
-    assert len(data.train_set) == 100
+    assert len(data.train_set) == 100 and (data.train_set.tensors[1] >= 0).all()
+
+
+def test_unlabeled_samples_join_the_transfer_set_with_ignored_labels():
+    labeled, transfer = DigitsDataModule(labeled_size=100), DigitsDataModule(labeled_size=100, include_unlabeled=True)
+    labeled.setup()
+    transfer.setup()
+    x, y = transfer.train_set.tensors
+    assert len(y) == 1259 and (y[100:] == -100).all()
+    assert torch.equal(x[:100], labeled.train_set.tensors[0]) and torch.equal(y[:100], labeled.train_set.tensors[1])
 
 
 @pytest.mark.parametrize(
@@ -36,7 +45,7 @@ def test_bad_arguments(kwargs, match):
         DigitsDataModule(**kwargs)
 
 
-def test_bad_train_size():
-    data = DigitsDataModule(train_size=100000)
-    with pytest.raises(ValueError, match=r"train_size must be in \[1, 1259\], got 100000"):
+def test_bad_labeled_size():
+    data = DigitsDataModule(labeled_size=100000)
+    with pytest.raises(ValueError, match=r"labeled_size must be in \[1, 1259\], got 100000"):
         data.setup()

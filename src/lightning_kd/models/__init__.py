@@ -1,5 +1,6 @@
 """Small reference networks used by the configs, examples and tests."""
 
+from lightning_kd.models.cnn import CNN
 from lightning_kd.models.mlp import MLP
 
-__all__ = ["MLP"]
+__all__ = ["CNN", "MLP"]

@@ -1,0 +1,1 @@
+"""The application layer: the Hydra entry points. The only code that reads configs."""

@@ -1,0 +1,227 @@
+"""The three stages of ``kd-train``: teacher, student (the scratch baseline) and distill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lightning_kd.app.errors import ConfigError
+from lightning_kd.app.files import save_json, save_torch
+from lightning_kd.app.measure import count_parameters, forward_latency_ms
+from lightning_kd.app.teacher_weights import TeacherCheckpointError, load_teacher_weights
+from lightning_kd.classifier import ClassifierModule
+from lightning_kd.module import DistillationModule
+
+__all__ = ["STAGES", "run"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("teacher", "student", "distill")
+# Keys of the `teacher` config node that configure its training, not its network class.
+TEACHER_SETTINGS = ("checkpoint", "seed", "max_epochs")
+METRICS_FILE = "metrics.json"
+
+
+def run(cfg: DictConfig) -> float:
+    """Run the stage ``cfg.stage`` and return the monitored metric (for sweepers).
+
+    Each run writes ``metrics.json`` into ``cfg.paths.output_dir``, and the trained network:
+    ``teacher.pt`` or ``student.pt`` (a plain state_dict).
+    """
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got stage={cfg.stage!r}")
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.stage == "distill":
+        return _distill(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    network = build_network(cfg[cfg.stage], cfg.stage)
+    datamodule = build_datamodule(cfg, include_unlabeled=False)
+    return _train_classifier(cfg, cfg.stage, network, datamodule, output_dir)
+
+
+# --- building blocks from the config --------------------------------------------------------
+
+
+def build_network(node: DictConfig, role: str) -> nn.Module:
+    """Instantiate the ``teacher`` or ``student`` network, leaving out the teacher's settings."""
+    config = OmegaConf.to_container(node, resolve=True)
+    for key in TEACHER_SETTINGS:
+        config.pop(key, None)
+    network = instantiate(config)
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"{role}._target_ must build a torch.nn.Module, got {type(network).__name__}")
+    return network
+
+
+def build_datamodule(cfg: DictConfig, include_unlabeled: bool) -> L.LightningDataModule:
+    """Instantiate ``cfg.data`` and load it now, so that a missing dataset fails before training."""
+    datamodule = instantiate(cfg.data, include_unlabeled=include_unlabeled)
+    try:
+        datamodule.setup("fit")
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"data: {error}") from error
+    return datamodule
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, max_epochs: Optional[int] = None) -> L.Trainer:
+    """Instantiate the trainer, callbacks and loggers, writing into ``output_dir``."""
+    cfg = cfg.copy()
+    cfg.paths.output_dir = str(output_dir)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    overrides: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    if cfg.trainer.get("enable_progress_bar") is None:
+        overrides["enable_progress_bar"] = sys.stderr.isatty()  # no walls of bar updates in logs
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+    return instantiate(cfg.trainer, **overrides)
+
+
+def _fit_and_test(
+    cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule, trainer: L.Trainer
+) -> tuple[float, dict[str, float]]:
+    """Fit, then test the best checkpoint (the final weights when no checkpoint is kept).
+
+    Returns:
+        The monitored metric (its best value when checkpoints are kept) and the test metrics.
+    """
+    trainer.fit(module, datamodule=datamodule)
+    monitored = trainer.callback_metrics.get(cfg.monitor)
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if best:
+        monitored = checkpoint.best_model_score
+    if monitored is None:
+        raise ConfigError(
+            f"monitor={cfg.monitor} was never logged; logged: {', '.join(sorted(trainer.callback_metrics))}"
+        )
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    return float(monitored), {k: float(v) for k, v in tested.items()}
+
+
+def _train_classifier(
+    cfg: DictConfig, role: str, network: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
+) -> float:
+    """Stages ``teacher`` and ``student``: plain cross-entropy training of one network."""
+    module = ClassifierModule(network, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes)
+    max_epochs = cfg.teacher.max_epochs if role == "teacher" else None
+    monitored, tested = _fit_and_test(cfg, module, datamodule, build_trainer(cfg, output_dir, max_epochs))
+    weights = save_torch(output_dir / f"{role}.pt", network.state_dict())
+    log.info("%s saved to %s (test/acc %.4f)", role, weights, tested.get("test/acc", float("nan")))
+    _write_results(
+        cfg, role, output_dir, monitored, tested, params={role: count_parameters(network)}, weights=weights.name
+    )
+    return monitored
+
+
+# --- the teacher of a distillation run ------------------------------------------------------
+
+
+def teacher_fingerprint(cfg: DictConfig) -> str:
+    """A hash of everything that determines a teacher trained by ``stage=distill``."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("include_unlabeled", None)
+    recipe = {
+        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        "data": data,
+        "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+        "monitor": cfg.monitor,
+    }
+    recipe["teacher"].pop("checkpoint", None)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
+    """The teacher from ``teacher.checkpoint``, from the cache, or trained now and cached.
+
+    Returns:
+        The teacher network and the path of the weights it was loaded from or saved to.
+    """
+    teacher = build_network(cfg.teacher, "teacher")
+    if cfg.teacher.checkpoint:
+        path = Path(cfg.teacher.checkpoint).expanduser().absolute()
+        try:
+            load_teacher_weights(teacher, path)
+        except TeacherCheckpointError as error:
+            raise ConfigError(f"teacher.checkpoint: {error}") from error
+        log.info("teacher loaded from %s", path)
+        return teacher, str(path)
+    cache = Path(cfg.paths.teacher_cache).absolute()
+    path = cache / f"{cfg.dataset.name}-{type(teacher).__name__.lower()}-{teacher_fingerprint(cfg)}.pt"
+    if path.is_file():
+        load_teacher_weights(teacher, path)
+        log.info("teacher reused from %s", path)
+        return teacher, str(path)
+    log.info("no teacher.checkpoint given: training the teacher first (cached at %s)", path)
+    L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)
+    teacher = build_network(cfg.teacher, "teacher")
+    _train_classifier(cfg, "teacher", teacher, build_datamodule(cfg, include_unlabeled=False), output_dir / "teacher")
+    save_json(path.with_suffix(".json"), {"config": OmegaConf.to_container(cfg, resolve=False)})
+    save_torch(path, teacher.state_dict())
+    return teacher, str(path)
+
+
+# --- distillation ---------------------------------------------------------------------------
+
+
+def _distill(cfg: DictConfig, output_dir: Path) -> float:
+    # Everything that can fail on a bad value is built before the teacher may need training.
+    loss = instantiate(cfg.distill)
+    datamodule = build_datamodule(cfg, include_unlabeled=bool(cfg.data.get("include_unlabeled", False)))
+    build_network(cfg.student, "student")
+    teacher, teacher_source = obtain_teacher(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    student = build_network(cfg.student, "student")
+    module = DistillationModule(
+        student, teacher, loss=loss, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes
+    )
+    monitored, tested = _fit_and_test(cfg, module, datamodule, build_trainer(cfg, output_dir))
+    weights = save_torch(output_dir / "student.pt", student.state_dict())
+    log.info("distilled student saved to %s (test/acc %.4f)", weights, tested.get("test/acc", float("nan")))
+
+    teacher_tested = instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False
+    ).test(ClassifierModule(teacher), datamodule=datamodule, verbose=False)[0]
+    x, _ = next(iter(datamodule.test_dataloader()))
+    _write_results(
+        cfg,
+        "distill",
+        output_dir,
+        monitored,
+        tested,
+        params={"student": count_parameters(student), "teacher": count_parameters(teacher)},
+        weights=weights.name,
+        teacher={"source": teacher_source, "test/acc": float(teacher_tested["test/acc"])},
+        latency_ms={"student": forward_latency_ms(student, x), "teacher": forward_latency_ms(teacher, x)},
+    )
+    return monitored
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def _write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: float, tested: dict, **extra: Any) -> None:
+    """Write ``metrics.json``: the settings of the run and its final metrics, machine-readable."""
+    results = {
+        "stage": stage,
+        "seed": cfg.seed,
+        "dataset": cfg.dataset.name,
+        "labeled_size": cfg.data.get("labeled_size"),
+        "include_unlabeled": bool(cfg.data.get("include_unlabeled", False)) and stage == "distill",
+        "monitor": {"name": cfg.monitor, "value": monitored},
+        "test": tested,
+        **extra,
+    }
+    if stage == "distill":
+        results["distill"] = {k: cfg.distill[k] for k in ("temperature", "alpha", "objective")}
+    save_json(output_dir / METRICS_FILE, results)

@@ -1,0 +1,1 @@
+"""Hydra configs of kd-train (a package so that Hydra finds them inside the installed wheel)."""

@@ -1,0 +1,96 @@
+"""``TensorDataModule``: the shared machinery of the in-memory datasets."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+from lightning_kd.losses import IGNORE_INDEX
+
+__all__ = ["TensorDataModule"]
+
+
+class TensorDataModule(L.LightningDataModule):
+    """A dataset held in memory as tensors, with the options distillation experiments need.
+
+    Subclasses set ``num_classes`` and ``input_shape`` and implement :meth:`load`, which returns
+    the train pool, validation and test tensors. Batches are ``(x, y)``.
+
+    Args:
+        batch_size: Samples per batch.
+        labeled_size: Keep the labels of only the first ``labeled_size`` training samples
+            (``None``: all of them): little labeled data, as in semi-supervised distillation.
+        include_unlabeled: Also train on the remaining training samples, with the label
+            ``-100`` (ignored by the hard loss): a transfer set larger than the labeled set,
+            for soft targets. Only a distillation run can learn from them.
+        split_seed: Seed of the train/validation split, independent of the training seed, so
+            every run of a sweep sees the same split.
+    """
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        labeled_size: Optional[int] = None,
+        include_unlabeled: bool = False,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if labeled_size is not None and (isinstance(labeled_size, bool) or not isinstance(labeled_size, int)):
+            raise ValueError(f"labeled_size must be a positive integer or None, got {labeled_size!r}")
+        self.batch_size = batch_size
+        self.labeled_size = labeled_size
+        self.include_unlabeled = include_unlabeled
+        self.split_seed = split_seed
+        self.train_set: Optional[TensorDataset] = None
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Return ``x_train, y_train, x_val, y_val, x_test, y_test``, the train pool shuffled."""
+        raise NotImplementedError
+
+    def split_generator(self) -> torch.Generator:
+        """The generator that subclasses use to shuffle and split, seeded by ``split_seed``."""
+        return torch.Generator().manual_seed(self.split_seed)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        x_train, y_train, x_val, y_val, x_test, y_test = self.load()
+        if self.labeled_size is not None:
+            if not 0 < self.labeled_size <= len(y_train):
+                raise ValueError(f"labeled_size must be in [1, {len(y_train)}], got {self.labeled_size!r}")
+            y_train = y_train.clone()
+            y_train[self.labeled_size :] = IGNORE_INDEX
+            if not self.include_unlabeled:
+                x_train, y_train = x_train[: self.labeled_size], y_train[: self.labeled_size]
+        self.train_set = TensorDataset(x_train, y_train)
+        self.val_set = TensorDataset(x_val, y_val)
+        self.test_set = TensorDataset(x_test, y_test)
+
+    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning inserts its DistributedSampler into an ordinary batched loader.
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle)
+        # One process: index the tensors with a whole batch at once, with no per-sample collation.
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, drop_last=False))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,27 @@
+"""``kd-train``: the Hydra command line of lightning-kd.
+
+Run ``kd-train --help`` for the config groups, or ``python -m lightning_kd.train``. Examples::
+
+    kd-train stage=teacher
+    kd-train stage=distill distill.temperature=8 distill.alpha=0.7 student=mlp_small
+    kd-train -m distill.temperature=1,2,4,8,16 distill.alpha=0.5,0.9 seed=0,1,2
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_kd.app.console import quiet_console
+from lightning_kd.app.job import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Run one job; return the monitored metric so that sweepers can optimise it."""
+    quiet_console()
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
