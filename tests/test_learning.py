@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from conftest import quiet_trainer
+from kd_testing import quiet_trainer
 from lightning_kd import ClassifierModule, DistillationLoss, DistillationModule
 from lightning_kd.data import DigitsDataModule
 from lightning_kd.models import MLP

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import BatchNormDropoutNet, quiet_trainer
+from kd_testing import BatchNormDropoutNet, quiet_trainer
 from lightning_kd import DistillationLoss, DistillationModule, load_student
 from lightning_kd.models import MLP
 

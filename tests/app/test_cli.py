@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import KD_REPORT, KD_TRAIN, run_cli
+
+from kd_testing import KD_REPORT, KD_TRAIN, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,9 +34,27 @@ def test_kd_train_runs_from_another_directory_with_overrides(tmp_path, elsewhere
     assert "Traceback" not in result.stderr and "Warning" not in result.stderr
 
 
-def test_python_dash_m_entry_point_prints_the_composed_config(elsewhere):
+def test_python_dash_m_entry_point_composes_with_a_user_config_dir(tmp_path, elsewhere):
+    """Users add their own config groups with --config-dir; ours stay available beside them."""
+    (tmp_path / "conf" / "student").mkdir(parents=True)
+    (tmp_path / "conf" / "student" / "tiny.yaml").write_text(
+        "_target_: lightning_kd.models.MLP\nin_features: ${dataset.in_features}\n"
+        "num_classes: ${dataset.num_classes}\nhidden: [7]\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_kd.train", "--cfg", "job", "distill=hinton", "data=fashion_mnist"],
+        [
+            sys.executable,
+            "-m",
+            "lightning_kd.train",
+            "--config-dir",
+            str(tmp_path / "conf"),
+            "--cfg",
+            "job",
+            "--resolve",
+            "student=tiny",
+            "distill=hinton",
+            "data=fashion_mnist",
+        ],
         cwd=elsewhere,
         capture_output=True,
         text=True,
@@ -43,6 +62,7 @@ def test_python_dash_m_entry_point_prints_the_composed_config(elsewhere):
     )
     assert result.returncode == 0, result.stderr
     assert "temperature: 20.0" in result.stdout and "in_features: 784" in result.stdout
+    assert "- 7" in result.stdout
 
 
 def test_multirun_writes_metrics_per_run_and_kd_report_aggregates_them(tmp_path, elsewhere):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
 from hydra.errors import InstantiationException
 
+from kd_testing import compose_train
 from lightning_kd.app.errors import ConfigError
 from lightning_kd.app.job import run
 from lightning_kd.models import MLP

@@ -1,0 +1,78 @@
+"""kd-report's aggregation on runs with known numbers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from lightning_kd.app.report import collect_runs, format_table, main, summarise
+
+
+def write_run(folder, stage, seed, acc, val, **extra):
+    folder.mkdir(parents=True)
+    run = {"stage": stage, "seed": seed, "test": {"test/acc": acc}, "monitor": {"name": "val/acc", "value": val}}
+    run.update(extra)
+    (folder / "metrics.json").write_text(json.dumps(run))
+
+
+def distill_extra(temperature, alpha):
+    return {
+        "distill": {"temperature": temperature, "alpha": alpha, "objective": "kl"},
+        "teacher": {"source": "/cache/teacher.pt", "test/acc": 0.95},
+        "params": {"student": 100, "teacher": 10000},
+        "latency_ms": {"student": 0.5, "teacher": 5.0},
+    }
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    scratch = [0.80, 0.82, 0.81]
+    t2 = [0.88, 0.90, 0.89]
+    t8 = [0.84, 0.80, 0.82]
+    for i, acc in enumerate(scratch):
+        write_run(tmp_path / f"s{i}", "student", i, acc, acc)
+    for i, acc in enumerate(t2):
+        write_run(tmp_path / f"a{i}", "distill", i, acc, acc + 0.01, **distill_extra(2.0, 0.9))
+    for i, acc in enumerate(t8):
+        write_run(tmp_path / f"b{i}", "distill", i, acc, acc - 0.05, **distill_extra(8.0, 0.9))
+    # A teacher trained inside a distillation run is not a run of the sweep.
+    write_run(tmp_path / "a0" / "teacher", "teacher", 0, 0.5, 0.5)
+    return tmp_path, scratch, t2
+
+
+def test_groups_by_setting_with_mean_and_std(sweep):
+    root, scratch, t2 = sweep
+    runs = collect_runs(root)
+    assert len(runs) == 9
+    summary = summarise(runs)
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert list(rows) == ["teacher", "scratch student", "distilled (T=2, alpha=0.9)", "distilled (T=8, alpha=0.9)"]
+    assert rows["teacher"]["n"] == 1 and rows["teacher"]["test_acc_mean"] == 0.95
+    assert rows["scratch student"]["test_acc_mean"] == pytest.approx(statistics.fmean(scratch))
+    assert rows["distilled (T=2, alpha=0.9)"]["test_acc_std"] == pytest.approx(statistics.stdev(t2))
+    comparison = summary["comparison"]
+    assert comparison["best_distilled_by_validation"] == "distilled (T=2, alpha=0.9)"
+    assert comparison["gain"] == pytest.approx(0.08)
+    assert comparison["two_max_std"] == pytest.approx(0.02) and comparison["significant"]
+    assert summary["size"]["size_ratio"] == 0.01 and summary["size"]["speedup"] == 10.0
+
+
+def test_a_gain_within_the_noise_is_reported_as_such(tmp_path):
+    for i, acc in enumerate([0.80, 0.84]):
+        write_run(tmp_path / f"s{i}", "student", i, acc, acc)
+    for i, acc in enumerate([0.83, 0.85]):
+        write_run(tmp_path / f"d{i}", "distill", i, acc, acc, **distill_extra(4.0, 0.5))
+    summary = summarise(collect_runs(tmp_path))
+    assert not summary["comparison"]["significant"]
+    assert "NOT a significant gain" in format_table(summary)
+
+
+def test_main_writes_the_report_files(sweep, capsys):
+    root, _, _ = sweep
+    assert main([str(root)]) == 0
+    assert "| scratch student | 3 | 0.8100 ± 0.0100 |" in capsys.readouterr().out
+    assert json.loads((root / "report.json").read_text())["comparison"]["significant"]
+    assert (root / "report.md").read_text().startswith("| setting |")
+    assert (root / "accuracy_vs_temperature.png").read_bytes()[:4] == b"\x89PNG"

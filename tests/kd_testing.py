@@ -1,0 +1,68 @@
+"""Helpers shared by the tests: tiny models, a quiet Trainer, the real configs, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from torch import nn
+
+KD_TRAIN = Path(sys.executable).with_name("kd-train")
+KD_REPORT = Path(sys.executable).with_name("kd-report")
+
+
+class BatchNormDropoutNet(nn.Module):
+    """A teacher with BatchNorm and Dropout: the layers whose behaviour depends on train/eval."""
+
+    def __init__(self, in_features: int = 8, num_classes: int = 3, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, width),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A CPU Trainer without progress bars, summaries or default loggers, for tests."""
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def compose_train(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The real ``train`` config with ``overrides``, writing into ``tmp_path``."""
+    with initialize_config_module(config_module="lightning_kd.conf", version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={tmp_path / 'run'}",
+                f"paths.teacher_cache={tmp_path / 'teachers'}",
+                "logger=none",
+                *overrides,
+            ],
+        )
+
+
+def run_cli(executable: Path, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a console script of the installed package in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([str(executable), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
