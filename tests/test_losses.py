@@ -234,3 +234,12 @@ def test_bad_mask_is_rejected():
         soft_target_loss(logits(2, 3, 4), logits(2, 3, 4), 1.0, mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"mask must be a boolean tensor"):
         soft_target_loss(logits(2, 3, 4), logits(2, 3, 4), 1.0, mask=torch.ones(2, 3))
+
+
+def test_losses_do_not_import_lightning():
+    """The loss layer is pure torch (losses <- module <- callbacks <- app)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lightning_kd.losses; sys.exit('lightning' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

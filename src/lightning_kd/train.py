@@ -12,13 +12,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lightning_kd.app.console import quiet_console
-from lightning_kd.app.job import run
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Run one job; return the monitored metric so that sweepers can optimise it."""
+    # Imported here: --help, --cfg and config errors answer without importing Lightning.
+    from lightning_kd.app.console import quiet_console
+    from lightning_kd.app.job import run
+
     quiet_console()
     return run(cfg)
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lightning_kd.app.errors import ConfigError
-from lightning_kd.app.files import save_json, save_torch
+from lightning_kd.app.files import METRICS_FILE, save_json, save_torch
 from lightning_kd.app.measure import count_parameters, forward_latency_ms
 from lightning_kd.app.teacher_weights import TeacherCheckpointError, load_teacher_weights
 from lightning_kd.classifier import ClassifierModule
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 STAGES = ("teacher", "student", "distill")
 # Keys of the `teacher` config node that configure its training, not its network class.
 TEACHER_SETTINGS = ("checkpoint", "seed", "max_epochs")
-METRICS_FILE = "metrics.json"
 
 
 def run(cfg: DictConfig) -> float:
