@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from lightning_kd.batch import Batch, split_batch
 from lightning_kd.checkpoint import TEACHER_PREFIX
+from lightning_kd.checks import check_positive_int
 from lightning_kd.losses import DistillationLoss, hard_target_loss, soft_target_loss
 from lightning_kd.metrics import stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
@@ -104,10 +105,7 @@ class DistillationModule(L.LightningModule):
             raise TypeError(f"loss must be callable (e.g. a DistillationLoss), got {type(self.loss).__name__}")
         check_factory("optimizer", optimizer, "the student's parameters")
         check_factory("lr_scheduler", lr_scheduler, "the optimizer")
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+        check_positive_int("num_classes", num_classes, allow_none=True)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.num_classes = num_classes

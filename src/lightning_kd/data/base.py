@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
+from lightning_kd.checks import check_positive_int
 from lightning_kd.losses import IGNORE_INDEX
 
 __all__ = ["TensorDataModule"]
@@ -42,10 +43,8 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: int = 0,
     ):
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if labeled_size is not None and (isinstance(labeled_size, bool) or not isinstance(labeled_size, int)):
-            raise ValueError(f"labeled_size must be a positive integer or None, got {labeled_size!r}")
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("labeled_size", labeled_size, allow_none=True)
         self.batch_size = batch_size
         self.labeled_size = labeled_size
         self.include_unlabeled = include_unlabeled

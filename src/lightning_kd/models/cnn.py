@@ -6,6 +6,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from lightning_kd.checks import check_positive_int
+
 __all__ = ["CNN"]
 
 
@@ -39,9 +41,8 @@ class CNN(nn.Module):
         batch_norm: bool = True,
     ):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("num_classes", num_classes)
         if not channels:
             raise ValueError(f"channels must list at least one convolution width, got {channels!r}")
         if not 0.0 <= dropout < 1.0:

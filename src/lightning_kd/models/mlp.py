@@ -6,6 +6,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from lightning_kd.checks import check_positive_int
+
 __all__ = ["MLP"]
 
 
@@ -36,9 +38,8 @@ class MLP(nn.Module):
         batch_norm: bool = False,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("in_features", in_features)
+        check_positive_int("num_classes", num_classes)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = [nn.Flatten()]
