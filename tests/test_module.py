@@ -59,6 +59,15 @@ class TestTrainingStep:
             module.training_step(make_batch(torch.randn(4, 8), None), 0)
         assert "train/hard_loss" not in log_dict.call_args.args[0]
 
+    def test_partly_labeled_batches_use_the_labels_they_have(self):
+        """A transfer set mixing labeled and unlabeled (-100) samples: CE over the labeled only."""
+        module = make_module(alpha=0.5)
+        x, y = torch.randn(4, 8), torch.tensor([0, -100, 2, -100])
+        with mock.patch.object(module, "log"), mock.patch.object(module, "log_dict") as log_dict:
+            module.training_step((x, y), 0)
+        hard = log_dict.call_args.args[0]["train/hard_loss"]
+        torch.testing.assert_close(hard, nn.functional.cross_entropy(module.student(x[[0, 2]]), y[[0, 2]]))
+
     def test_precomputed_teacher_logits_skip_the_teacher(self):
         module = DistillationModule(MLP(8, 3, hidden=(8,)), RaisingTeacher(), loss=DistillationLoss(alpha=0.5))
         x, y, t = torch.randn(4, 8), torch.tensor([0, 1, 2, 0]), torch.randn(4, 3)
