@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kd_testing import BatchNormDropoutNet, quiet_trainer
 from lightning_kd import DistillationLoss, DistillationModule, load_student
 from lightning_kd.models import MLP
+from lightning_kd.module import module_fingerprint
 
 
 def make_module(temperature: float = 4.0, alpha: float = 0.5, seed: int = 0, **kwargs) -> DistillationModule:
@@ -198,6 +199,48 @@ def test_checkpoint_holds_the_student_only_and_round_trips(toy_loaders, tmp_path
     trainer.fit(resumed, train, val, ckpt_path=path)
     assert trainer.current_epoch == 4 and trainer.global_step == 16
     assert not torch.equal(resumed.student(x), expected)  # it trained on
+
+
+def test_resuming_with_a_different_teacher_is_refused(toy_loaders, tmp_path):
+    train, val = toy_loaders
+    module = make_module()
+    trainer = quiet_trainer(
+        max_epochs=1, enable_checkpointing=True, callbacks=[ModelCheckpoint(tmp_path, save_last=True)]
+    )
+    trainer.fit(module, train, val)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["teacher_fingerprint"] == module_fingerprint(module.teacher)
+
+    other = make_module(seed=7)  # same architecture, other teacher weights
+    with pytest.raises(ValueError, match=r"trained with a different teacher \(fingerprint [0-9a-f]{16}\)"):
+        quiet_trainer(max_epochs=2).fit(other, train, val, ckpt_path=tmp_path / "last.ckpt")
+    with pytest.raises(ValueError, match="different teacher"):
+        DistillationModule.load_from_checkpoint(
+            tmp_path / "last.ckpt", student=MLP(8, 3, hidden=(8,)), teacher=other.teacher
+        )
+
+
+class TeacherThatBreaks(BatchNormDropoutNet):
+    """Returns NaN logits from its third call on, as a diverged or corrupted teacher would."""
+
+    calls = 0
+
+    def forward(self, x):
+        TeacherThatBreaks.calls += 1
+        logits = super().forward(x)
+        return logits * float("nan") if TeacherThatBreaks.calls >= 3 else logits
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(toy_loaders, tmp_path):
+    train, _ = toy_loaders
+    TeacherThatBreaks.calls = 0
+    module = DistillationModule(MLP(8, 3, hidden=(8,)), TeacherThatBreaks(width=32))
+    checkpoints = ModelCheckpoint(tmp_path, save_last=True, every_n_train_steps=1)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoints])
+    with pytest.raises(FloatingPointError, match=r"global step 2 \(epoch 0, batch 2\): teacher logits is not finite"):
+        trainer.fit(module, train)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
 def test_load_student_reports_a_missing_file(tmp_path):

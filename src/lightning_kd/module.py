@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any, Optional
 
@@ -18,7 +19,19 @@ from lightning_kd.losses import DistillationLoss, hard_target_loss, soft_target_
 from lightning_kd.metrics import stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
 
-__all__ = ["DistillationModule", "check_module", "infer_num_classes"]
+__all__ = ["DistillationModule", "check_module", "infer_num_classes", "module_fingerprint"]
+
+TEACHER_FINGERPRINT_KEY = "teacher_fingerprint"
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state: names, shapes, dtypes and values of its tensors."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_module(name: str, value: Any) -> nn.Module:
@@ -112,6 +125,7 @@ class DistillationModule(L.LightningModule):
 
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        self._teacher_fingerprint: Optional[str] = None
         self.metrics = stage_metrics(["loss", "acc", "teacher_agreement", "kl"])
         # Primitives only: checkpoints must load with torch.load(weights_only=True).
         hparams: dict[str, Any] = {
@@ -142,6 +156,7 @@ class DistillationModule(L.LightningModule):
         return self.teacher_logits(batch.x)
 
     def on_fit_start(self) -> None:
+        self._teacher_fingerprint = None  # recomputed for this fit's checkpoints
         # Lightning warns about modules in eval mode at the start of training; for the frozen
         # teacher that is intended. Match the teacher's exact module count so that a student
         # left in eval mode by mistake still gets the warning.
@@ -162,7 +177,10 @@ class DistillationModule(L.LightningModule):
         parts = split_batch(batch)
         student_logits = self.student(parts.x)
         infer_num_classes(self, student_logits)
-        out = self.loss(student_logits, self._teacher_logits_for(parts), parts.y)
+        teacher_logits = self._teacher_logits_for(parts)
+        out = self.loss(student_logits, teacher_logits, parts.y)
+        if not torch.isfinite(out.total):
+            raise FloatingPointError(self._non_finite_report(batch_idx, student_logits, teacher_logits, out))
         batch_size = student_logits.shape[0]
         logs = {"train/loss": out.total, "train/soft_loss": out.soft}
         if out.hard is not None:
@@ -172,6 +190,23 @@ class DistillationModule(L.LightningModule):
         if temperature is not None:
             self.log("train/temperature", float(temperature), batch_size=batch_size)
         return out.total
+
+    def _non_finite_report(self, batch_idx: int, student_logits: Tensor, teacher_logits: Tensor, out: Any) -> str:
+        parts = [
+            f"{name} is not finite"
+            for name, value in (
+                ("teacher logits", teacher_logits),
+                ("student logits", student_logits),
+                ("soft loss", out.soft),
+                ("hard loss", out.hard),
+            )
+            if value is not None and not torch.isfinite(value).all()
+        ]
+        return (
+            f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}): {', '.join(parts)}. Training stopped; the last checkpoint written before "
+            "this step is intact (lower the learning rate, or check the inputs and the teacher)."
+        )
 
     def _evaluate(self, batch: Any, stage: str) -> None:
         parts = split_batch(batch)
@@ -207,14 +242,28 @@ class DistillationModule(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------
 
+    def teacher_fingerprint(self) -> str:
+        """SHA-256 of the teacher's weights, computed once per fit (the teacher is frozen)."""
+        if self._teacher_fingerprint is None:
+            self._teacher_fingerprint = module_fingerprint(self.teacher)
+        return self._teacher_fingerprint
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drop the teacher's weights: checkpoints stay small and do not leak the teacher."""
+        """Drop the teacher's weights (small checkpoints that do not leak it); keep its fingerprint."""
         state = checkpoint["state_dict"]
         for key in [key for key in state if key.startswith(TEACHER_PREFIX)]:
             del state[key]
+        checkpoint[TEACHER_FINGERPRINT_KEY] = self.teacher_fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fill the teacher's weights in from the teacher passed to the constructor."""
+        """Check that the teacher passed in is the one the checkpoint was trained with; fill it in."""
+        self._teacher_fingerprint = None  # the teacher may have been loaded since the last fit
+        saved = checkpoint.get(TEACHER_FINGERPRINT_KEY)
+        if saved is not None and saved != self.teacher_fingerprint():
+            raise ValueError(
+                f"the checkpoint was trained with a different teacher (fingerprint {saved[:16]}) than the one "
+                f"passed in (fingerprint {self.teacher_fingerprint()[:16]}); pass the original teacher to resume"
+            )
         state = checkpoint["state_dict"]
         for key, value in self.teacher.state_dict().items():
             state.setdefault(TEACHER_PREFIX + key, value)

@@ -16,10 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lightning_kd.app.errors import ConfigError
-from lightning_kd.app.files import METRICS_FILE, save_json, save_torch
 from lightning_kd.app.measure import count_parameters, forward_latency_ms
+from lightning_kd.app.results import METRICS_FILE
 from lightning_kd.app.teacher_weights import TeacherCheckpointError, load_teacher_weights
+from lightning_kd.checkpoint_io import AtomicCheckpointIO
 from lightning_kd.classifier import ClassifierModule
+from lightning_kd.files import save_json, save_torch
 from lightning_kd.module import DistillationModule
 
 __all__ = ["STAGES", "run"]
@@ -78,7 +80,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, max_epochs: Optional[int] =
     cfg.paths.output_dir = str(output_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    overrides: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    overrides: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "plugins": [AtomicCheckpointIO()]}
     if cfg.trainer.get("enable_progress_bar") is None:
         overrides["enable_progress_bar"] = sys.stderr.isatty()  # no walls of bar updates in logs
     if max_epochs is not None:

@@ -22,7 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
-from lightning_kd.app.files import METRICS_FILE, atomic_write, save_json
+from lightning_kd.app.results import METRICS_FILE
+from lightning_kd.files import atomic_write, save_json
 
 __all__ = ["Row", "collect_runs", "main", "summarise"]
 

@@ -8,9 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Union
 
-__all__ = ["METRICS_FILE", "atomic_write", "save_json", "save_torch"]
-
-METRICS_FILE = "metrics.json"  # written by each kd-train run, read by kd-report
+__all__ = ["atomic_write", "save_json", "save_torch"]
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
@@ -35,6 +33,6 @@ def save_json(path: Union[str, os.PathLike], data: Any) -> Path:
 
 def save_torch(path: Union[str, os.PathLike], obj: Any) -> Path:
     """``torch.save`` atomically."""
-    import torch  # here, so that kd-report does not import torch
+    import torch  # here: kd-report writes JSON without importing torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
