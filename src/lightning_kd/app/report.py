@@ -194,7 +194,8 @@ def plot(summary: dict[str, Any], path: Path) -> Optional[Path]:
                 alpha=0.15,
             )
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_title("Student test accuracy against distillation temperature")
     ax.set_xlabel("temperature T")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.legend(fontsize=8)
