@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv test test-slow lint demo clean
+.PHONY: venv test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,9 +17,6 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m ruff check src tests
 	$(PY) -m pytest -m "not slow"
-
-test-slow: venv
-	$(PY) -m pytest -m slow
 
 lint: venv
 	$(PY) -m ruff check src tests
