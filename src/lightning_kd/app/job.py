@@ -44,10 +44,11 @@ def run(cfg: DictConfig) -> float:
     output_dir = Path(cfg.paths.output_dir)
     if cfg.stage == "distill":
         return _distill(cfg, output_dir)
+    resume_from = resume_checkpoint(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     network = build_network(cfg[cfg.stage], cfg.stage)
     datamodule = build_datamodule(cfg, include_unlabeled=False)
-    return _train_classifier(cfg, cfg.stage, network, datamodule, output_dir)
+    return _train_classifier(cfg, cfg.stage, network, datamodule, output_dir, resume_from)
 
 
 # --- building blocks from the config --------------------------------------------------------
@@ -88,15 +89,30 @@ def build_trainer(cfg: DictConfig, output_dir: Path, max_epochs: Optional[int] =
     return instantiate(cfg.trainer, **overrides)
 
 
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Optional[str]:
+    """The checkpoint named by ``ckpt_path`` ("last": the run folder's last.ckpt), or ``None``."""
+    if not cfg.get("ckpt_path"):
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path).absolute()
+    if not path.is_file():
+        hint = " (ckpt_path=last resumes the run folder given as hydra.run.dir)" if cfg.ckpt_path == "last" else ""
+        raise ConfigError(f"ckpt_path: no checkpoint at {path}{hint}")
+    return str(path)
+
+
 def _fit_and_test(
-    cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule, trainer: L.Trainer
+    cfg: DictConfig,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    trainer: L.Trainer,
+    resume_from: Optional[str] = None,
 ) -> tuple[float, dict[str, float]]:
-    """Fit, then test the best checkpoint (the final weights when no checkpoint is kept).
+    """Fit (from ``resume_from`` if given), then test the best checkpoint (or the final weights).
 
     Returns:
         The monitored metric (its best value when checkpoints are kept) and the test metrics.
     """
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     monitored = trainer.callback_metrics.get(cfg.monitor)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -111,12 +127,18 @@ def _fit_and_test(
 
 
 def _train_classifier(
-    cfg: DictConfig, role: str, network: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
+    cfg: DictConfig,
+    role: str,
+    network: nn.Module,
+    datamodule: L.LightningDataModule,
+    output_dir: Path,
+    resume_from: Optional[str] = None,
 ) -> float:
     """Stages ``teacher`` and ``student``: plain cross-entropy training of one network."""
     module = ClassifierModule(network, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes)
     max_epochs = cfg.teacher.max_epochs if role == "teacher" else None
-    monitored, tested = _fit_and_test(cfg, module, datamodule, build_trainer(cfg, output_dir, max_epochs))
+    trainer = build_trainer(cfg, output_dir, max_epochs)
+    monitored, tested = _fit_and_test(cfg, module, datamodule, trainer, resume_from)
     weights = save_torch(output_dir / f"{role}.pt", network.state_dict())
     log.info("%s saved to %s (test/acc %.4f)", role, weights, tested.get("test/acc", float("nan")))
     _write_results(
@@ -177,6 +199,7 @@ def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
 
 def _distill(cfg: DictConfig, output_dir: Path) -> float:
     # Everything that can fail on a bad value is built before the teacher may need training.
+    resume_from = resume_checkpoint(cfg, output_dir)
     loss = instantiate(cfg.distill)
     datamodule = build_datamodule(cfg, include_unlabeled=bool(cfg.data.get("include_unlabeled", False)))
     build_network(cfg.student, "student")
@@ -186,7 +209,7 @@ def _distill(cfg: DictConfig, output_dir: Path) -> float:
     module = DistillationModule(
         student, teacher, loss=loss, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes
     )
-    monitored, tested = _fit_and_test(cfg, module, datamodule, build_trainer(cfg, output_dir))
+    monitored, tested = _fit_and_test(cfg, module, datamodule, build_trainer(cfg, output_dir), resume_from)
     weights = save_torch(output_dir / "student.pt", student.state_dict())
     log.info("distilled student saved to %s (test/acc %.4f)", weights, tested.get("test/acc", float("nan")))
 

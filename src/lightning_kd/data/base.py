@@ -7,9 +7,10 @@ from typing import Optional
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_kd.checks import check_positive_int
+from lightning_kd.data.samplers import EpochBatchSampler
 from lightning_kd.losses import IGNORE_INDEX
 
 __all__ = ["TensorDataModule"]
@@ -78,9 +79,10 @@ class TensorDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             # Lightning inserts its DistributedSampler into an ordinary batched loader.
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle)
-        # One process: index the tensors with a whole batch at once, with no per-sample collation.
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, drop_last=False))
+        # One process: index the tensors with a whole batch at once (no per-sample collation), in
+        # an order set by the seed and the epoch, so that a resumed run sees the same batches.
+        sampler = EpochBatchSampler(len(dataset), self.batch_size, shuffle=shuffle, seed=torch.initial_seed())
+        return DataLoader(dataset, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -1,0 +1,66 @@
+"""A run killed after epoch k resumes with ckpt_path=last and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import torch
+
+from kd_testing import KD_TRAIN, run_cli
+
+
+def read_epoch(path) -> int:
+    """The epoch of a checkpoint; -1 while none is there. A half-written file would raise here."""
+    return torch.load(path, weights_only=True)["epoch"] if path.exists() else -1
+
+
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, elsewhere):
+    common = [
+        "stage=distill",
+        "trainer.max_epochs=12",
+        "teacher.max_epochs=1",
+        "distill.temperature=2",
+        "logger=none",
+        f"paths.teacher_cache={tmp_path / 'teachers'}",
+    ]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    result = run_cli(KD_TRAIN, *common, f"hydra.run.dir={full}", cwd=elsewhere)  # also caches the teacher
+    assert result.returncode == 0, result.stderr
+
+    process = subprocess.Popen(
+        [str(KD_TRAIN), *common, f"hydra.run.dir={killed}"],
+        cwd=elsewhere,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last, deadline = killed / "checkpoints" / "last.ckpt", time.monotonic() + 300
+    while read_epoch(last) < 2:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_after = read_epoch(last)
+    assert 2 <= killed_after < 11 and not (killed / "student.pt").exists()
+
+    result = run_cli(KD_TRAIN, *common, f"hydra.run.dir={killed}", "ckpt_path=last", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert read_epoch(last) == 11
+
+    expected = torch.load(full / "student.pt", weights_only=True)
+    resumed = torch.load(killed / "student.pt", weights_only=True)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (full, killed)]
+    assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["monitor"] == metrics[1]["monitor"]
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_a_clear_error(tmp_path, elsewhere):
+    result = run_cli(KD_TRAIN, "stage=student", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'new'}", cwd=elsewhere)
+    assert result.returncode == 1
+    assert f"ckpt_path: no checkpoint at {tmp_path / 'new' / 'checkpoints' / 'last.ckpt'}" in result.stderr
+    assert "Traceback" not in result.stderr
