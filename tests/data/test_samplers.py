@@ -22,3 +22,8 @@ def test_each_epoch_is_a_permutation_fixed_by_seed_and_epoch():
 
 def test_no_shuffle_keeps_the_order():
     assert flat(EpochBatchSampler(7, batch_size=3, shuffle=False)) == list(range(7))
+
+
+def test_any_64_bit_seed_works():
+    """torch.initial_seed() of an unseeded process is a random 64-bit number."""
+    assert sorted(flat(EpochBatchSampler(5, batch_size=2, seed=2**64 - 1))) == list(range(5))
