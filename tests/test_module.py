@@ -132,7 +132,7 @@ def test_evaluation_and_prediction_use_t_equals_one(toy_loaders):
 
     trainer = quiet_trainer()
     cold_val, hot_val = trainer.validate(cold, val)[0], trainer.validate(hot, val)[0]
-    assert set(cold_val) == {"val/loss", "val/acc", "val/teacher_agreement", "val/kl"}
+    assert set(cold_val) == {"val/loss", "val/acc", "val/teacher_acc", "val/teacher_agreement", "val/kl"}
     assert cold_val == hot_val
     assert trainer.test(cold, val)[0] == trainer.test(hot, val)[0]
 
@@ -157,6 +157,7 @@ def test_validation_metrics_are_exact_over_the_dataset():
     s, t = module.student(x), module.teacher(x)
     assert metrics["val/acc"] == pytest.approx((s.argmax(-1) == y).float().mean().item(), abs=1e-6)
     assert metrics["val/teacher_agreement"] == pytest.approx((s.argmax(-1) == t.argmax(-1)).float().mean().item())
+    assert metrics["val/teacher_acc"] == pytest.approx((t.argmax(-1) == y).float().mean().item())
     assert metrics["val/loss"] == pytest.approx(nn.functional.cross_entropy(s, y).item(), rel=1e-5)
     expected_kl = nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), reduction="batchmean", log_target=True)
     assert metrics["val/kl"] == pytest.approx(expected_kl.item(), rel=1e-5)

@@ -71,8 +71,8 @@ class DistillationModule(L.LightningModule):
 
     Logged metrics: ``train/loss``, ``train/soft_loss``, ``train/hard_loss``,
     ``train/temperature``; and for ``val`` and ``test``: ``loss`` (student cross-entropy), ``acc``,
-    ``teacher_agreement`` (same argmax as the teacher) and ``kl`` (``KL(teacher || student)`` at
-    ``T = 1``).
+    ``teacher_acc`` (the teacher's accuracy, for reference), ``teacher_agreement`` (same argmax as
+    the teacher) and ``kl`` (``KL(teacher || student)`` at ``T = 1``).
 
     Args:
         student: The network to train; returns logits ``[B, C]``.
@@ -96,7 +96,7 @@ class DistillationModule(L.LightningModule):
         ...                     enable_progress_bar=False, enable_model_summary=False)
         >>> trainer.fit(module, data, data)
         >>> sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
-        ['val/acc', 'val/kl', 'val/loss', 'val/teacher_agreement']
+        ['val/acc', 'val/kl', 'val/loss', 'val/teacher_acc', 'val/teacher_agreement']
     """
 
     def __init__(
@@ -126,7 +126,7 @@ class DistillationModule(L.LightningModule):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self._teacher_fingerprint: Optional[str] = None
-        self.metrics = stage_metrics(["loss", "acc", "teacher_agreement", "kl"])
+        self.metrics = stage_metrics(["loss", "acc", "teacher_acc", "teacher_agreement", "kl"])
         # Primitives only: checkpoints must load with torch.load(weights_only=True).
         hparams: dict[str, Any] = {
             "num_classes": num_classes,
@@ -221,8 +221,9 @@ class DistillationModule(L.LightningModule):
         names = ["teacher_agreement", "kl"]
         if parts.y is not None:
             metrics["acc"].update((preds == parts.y).float())
+            metrics["teacher_acc"].update((teacher_logits.argmax(dim=-1) == parts.y).float())
             metrics["loss"].update(hard_target_loss(student_logits, parts.y), weight=batch_size)
-            names += ["acc", "loss"]
+            names += ["acc", "teacher_acc", "loss"]
         for name in names:
             self.log(f"{stage}/{name}", metrics[name], on_step=False, on_epoch=True, batch_size=batch_size)
 
