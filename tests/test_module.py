@@ -244,6 +244,26 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert last["global_step"] == 2 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+class TeacherThatCountsCalls(nn.Module):
+    """Changes its own buffer on every forward: a teacher that is not frozen in fact."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(8, 3)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def test_fit_fails_if_the_teacher_changed(toy_loaders):
+    train, _ = toy_loaders
+    module = DistillationModule(MLP(8, 3, hidden=(8,)), TeacherThatCountsCalls())
+    with pytest.raises(RuntimeError, match="the teacher's weights or buffers changed during fit"):
+        quiet_trainer(max_epochs=1).fit(module, train)
+
+
 def test_load_student_reports_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint file at .*missing.ckpt"):
         load_student(MLP(8, 3), tmp_path / "missing.ckpt")

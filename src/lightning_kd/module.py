@@ -157,6 +157,7 @@ class DistillationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._teacher_fingerprint = None  # recomputed for this fit's checkpoints
+        self._fit_start_fingerprint = self.teacher_fingerprint()
         # Lightning warns about modules in eval mode at the start of training; for the frozen
         # teacher that is intended. Match the teacher's exact module count so that a student
         # left in eval mode by mistake still gets the warning.
@@ -166,6 +167,13 @@ class DistillationModule(L.LightningModule):
             message=rf"Found {count} module\(s\) in eval mode at the start of training",
             category=PossibleUserWarning,
         )
+
+    def on_fit_end(self) -> None:
+        """Check, on every rank, that the fit left the teacher untouched and in eval mode."""
+        if self.teacher.training or any(m.training for m in self.teacher.modules()):
+            raise RuntimeError("the teacher was switched to train mode during fit; it must stay in eval mode")
+        if module_fingerprint(self.teacher) != self._fit_start_fingerprint:
+            raise RuntimeError("the teacher's weights or buffers changed during fit; they must stay frozen")
 
     # --- steps ------------------------------------------------------------------------------
 

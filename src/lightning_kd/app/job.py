@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -41,6 +44,7 @@ def run(cfg: DictConfig) -> float:
     """
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got stage={cfg.stage!r}")
+    _refuse_relaunching_strategy_in_a_sweep(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.stage == "distill":
         return _distill(cfg, output_dir)
@@ -49,6 +53,21 @@ def run(cfg: DictConfig) -> float:
     network = build_network(cfg[cfg.stage], cfg.stage)
     datamodule = build_datamodule(cfg, include_unlabeled=False)
     return _train_classifier(cfg, cfg.stage, network, datamodule, output_dir, resume_from)
+
+
+def _refuse_relaunching_strategy_in_a_sweep(cfg: DictConfig) -> None:
+    """``strategy=ddp`` starts its other processes by re-running the command line: in a Hydra
+    multirun each of them would run the whole sweep again. Fail before anything runs."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy") or "")
+    one_process = cfg.trainer.get("devices") in (1, "1") and int(cfg.trainer.get("num_nodes") or 1) == 1
+    if strategy.startswith("ddp") and "spawn" not in strategy and not one_process:
+        raise ConfigError(
+            f"trainer.strategy={strategy} re-runs the command line in each new process, which in a sweep "
+            "(-m) would run the whole sweep again: use trainer.strategy=ddp_spawn in sweeps, or launch each "
+            "run separately without -m"
+        )
 
 
 # --- building blocks from the config --------------------------------------------------------
@@ -139,6 +158,8 @@ def _train_classifier(
     max_epochs = cfg.teacher.max_epochs if role == "teacher" else None
     trainer = build_trainer(cfg, output_dir, max_epochs)
     monitored, tested = _fit_and_test(cfg, module, datamodule, trainer, resume_from)
+    if not trainer.is_global_zero:  # one process writes the results of a distributed run
+        return monitored
     weights = save_torch(output_dir / f"{role}.pt", network.state_dict())
     log.info("%s saved to %s (test/acc %.4f)", role, weights, tested.get("test/acc", float("nan")))
     _write_results(
@@ -189,8 +210,9 @@ def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
     L.seed_everything(cfg.teacher.seed, workers=True, verbose=False)
     teacher = build_network(cfg.teacher, "teacher")
     _train_classifier(cfg, "teacher", teacher, build_datamodule(cfg, include_unlabeled=False), output_dir / "teacher")
-    save_json(path.with_suffix(".json"), {"config": OmegaConf.to_container(cfg, resolve=False)})
-    save_torch(path, teacher.state_dict())
+    if rank_zero_only.rank == 0:
+        save_json(path.with_suffix(".json"), {"config": OmegaConf.to_container(cfg, resolve=False)})
+        save_torch(path, teacher.state_dict())
     return teacher, str(path)
 
 
@@ -209,7 +231,10 @@ def _distill(cfg: DictConfig, output_dir: Path) -> float:
     module = DistillationModule(
         student, teacher, loss=loss, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes
     )
-    monitored, tested = _fit_and_test(cfg, module, datamodule, build_trainer(cfg, output_dir), resume_from)
+    trainer = build_trainer(cfg, output_dir)
+    monitored, tested = _fit_and_test(cfg, module, datamodule, trainer, resume_from)
+    if not trainer.is_global_zero:  # one process writes the results of a distributed run
+        return monitored
     weights = save_torch(output_dir / "student.pt", student.state_dict())
     log.info("distilled student saved to %s (test/acc %.4f)", weights, tested.get("test/acc", float("nan")))
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -77,8 +78,13 @@ class TensorDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
         if self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning inserts its DistributedSampler into an ordinary batched loader.
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle)
+            if shuffle:  # training: Lightning inserts its DistributedSampler
+                return DataLoader(dataset, batch_size=self.batch_size, shuffle=True)
+            # Evaluation: each sample on exactly one rank. DistributedSampler would pad the last
+            # ranks with repeated samples, and the metrics would count those twice.
+            trainer = self.trainer
+            sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
         # One process: index the tensors with a whole batch at once (no per-sample collation), in
         # an order set by the seed and the epoch, so that a resumed run sees the same batches.
         sampler = EpochBatchSampler(len(dataset), self.batch_size, shuffle=shuffle, seed=torch.initial_seed())
