@@ -23,6 +23,7 @@ class BatchNormDropoutNet(nn.Module):
     def __init__(self, in_features: int = 8, num_classes: int = 3, width: int = 16):
         super().__init__()
         self.net = nn.Sequential(
+            nn.Flatten(),
             nn.Linear(in_features, width),
             nn.BatchNorm1d(width),
             nn.ReLU(),

@@ -15,14 +15,14 @@ from torch import Tensor, nn
 
 from lightning_kd.batch import split_batch
 from lightning_kd.losses import hard_target_loss
-from lightning_kd.metrics import stage_metrics
+from lightning_kd.metrics import ResetMetricsOnEvaluationStart, stage_metrics
 from lightning_kd.module import check_module, infer_num_classes
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
 
 __all__ = ["ClassifierModule"]
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(ResetMetricsOnEvaluationStart, L.LightningModule):
     """Supervised training of ``model`` with cross-entropy.
 
     Logs ``train/loss``, and ``loss`` and ``acc`` for ``val`` and ``test``. Checkpoints keep the

@@ -16,7 +16,7 @@ from lightning_kd.batch import Batch, split_batch
 from lightning_kd.checkpoint import TEACHER_PREFIX
 from lightning_kd.checks import check_positive_int
 from lightning_kd.losses import DistillationLoss, hard_target_loss, soft_target_loss
-from lightning_kd.metrics import stage_metrics
+from lightning_kd.metrics import ResetMetricsOnEvaluationStart, stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
 
 __all__ = ["DistillationModule", "check_module", "infer_num_classes", "module_fingerprint"]
@@ -53,7 +53,7 @@ def infer_num_classes(module: L.LightningModule, logits: Tensor) -> None:
         )
 
 
-class DistillationModule(L.LightningModule):
+class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
     """Knowledge distillation of a frozen ``teacher`` into a trainable ``student``.
 
     Training minimises ``loss(student_logits, teacher_logits, y)``; by default a

@@ -1,0 +1,38 @@
+"""Checks that need a CUDA GPU (Lightning runs FSDP on GPUs only). benchmarks/gpu_check.sh runs them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+
+from kd_testing import BatchNormDropoutNet, quiet_trainer
+from lightning_kd import DistillationLoss, DistillationModule, soft_target_loss
+from lightning_kd.data import DigitsDataModule
+from lightning_kd.models import MLP
+from lightning_kd.module import module_fingerprint
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_soft_loss_of_bf16_logits_on_cuda_is_float32():
+    s = torch.randn(64, 10, device="cuda")
+    t = torch.randn(64, 10, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = soft_target_loss(s.bfloat16(), t.bfloat16(), 4.0)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(soft_target_loss(s, t, 4.0).item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_one_gpu_fit_keeps_the_teacher_frozen(strategy):
+    teacher = BatchNormDropoutNet(in_features=64, num_classes=10, width=64)
+    before = module_fingerprint(teacher)
+    module = DistillationModule(MLP(64, 10, hidden=(30,)), teacher, loss=DistillationLoss(4.0, 0.5))
+    chosen = FSDPStrategy(use_orig_params=True) if strategy == "fsdp" else strategy
+    trainer = quiet_trainer(accelerator="gpu", devices=1, strategy=chosen, precision="bf16-mixed", max_epochs=2)
+    trainer.fit(module, datamodule=DigitsDataModule())
+    assert trainer.callback_metrics["val/acc"] > 0.2
+    assert module_fingerprint(module.teacher) == before
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.student.parameters()}
