@@ -64,3 +64,16 @@ def test_ckpt_path_last_without_a_checkpoint_is_a_clear_error(tmp_path, elsewher
     assert result.returncode == 1
     assert f"ckpt_path: no checkpoint at {tmp_path / 'new' / 'checkpoints' / 'last.ckpt'}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_truncated_last_checkpoint_is_reported_with_the_good_ones(tmp_path, elsewhere):
+    run_dir = tmp_path / "run"
+    common = ["stage=student", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}"]
+    assert run_cli(KD_TRAIN, *common, cwd=elsewhere).returncode == 0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])  # what a kill mid-write leaves without atomic saves
+    (good,) = [p for p in last.parent.glob("*.ckpt") if p != last]
+    result = run_cli(KD_TRAIN, *common, "ckpt_path=last", cwd=elsewhere)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"ckpt_path: {last} is corrupt or truncated" in result.stderr
+    assert f"other checkpoints of this run: {good}" in result.stderr

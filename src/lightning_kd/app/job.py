@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -116,6 +117,14 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Optional[str]:
     if not path.is_file():
         hint = " (ckpt_path=last resumes the run folder given as hydra.run.dir)" if cfg.ckpt_path == "last" else ""
         raise ConfigError(f"ckpt_path: no checkpoint at {path}{hint}")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, bad pickle, foreign file: torch raises several types
+        others = sorted(str(p) for p in path.parent.glob("*.ckpt") if p != path)
+        raise ConfigError(
+            f"ckpt_path: {path} is corrupt or truncated ({type(error).__name__}); other checkpoints of this run: "
+            f"{', '.join(others) or 'none'}; pass one of them as ckpt_path=PATH"
+        ) from error
     return str(path)
 
 
