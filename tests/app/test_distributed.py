@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from kd_testing import KD_TRAIN, quiet_trainer, run_cli
-from lightning_kd import DistillationModule
+from lightning_kd import ClassifierModule, DistillationModule
 from lightning_kd.data import DigitsDataModule
 from lightning_kd.models import MLP
 
@@ -55,3 +59,51 @@ def test_a_sweep_with_relaunching_ddp_fails_at_once(tmp_path, elsewhere):
     assert result.returncode == 1
     assert "use trainer.strategy=ddp_spawn in sweeps" in result.stderr and "Traceback" not in result.stderr
     assert not list(sweep.rglob("metrics.json"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_of_one_process_through_torchrun(tmp_path, elsewhere):
+    """Multi-node as on a cluster, on one machine: two torchrun "nodes", one CPU process each."""
+    run_dir, port = tmp_path / "run", free_port()
+    torchrun = Path(sys.executable).with_name("torchrun")
+    nodes = [
+        subprocess.Popen(
+            [
+                str(torchrun),
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={rank}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "-m",
+                "lightning_kd.train",
+                "stage=student",
+                "trainer=ddp",
+                "trainer.devices=1",
+                "trainer.num_nodes=2",
+                "trainer.max_epochs=2",
+                "logger=none",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=elsewhere,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
+
+    reported = json.loads((run_dir / "metrics.json").read_text())["test"]
+    student = MLP(64, 10, hidden=(30, 30))
+    student.load_state_dict(torch.load(run_dir / "student.pt", weights_only=True))
+    single = quiet_trainer().test(ClassifierModule(student), datamodule=DigitsDataModule(), verbose=False)[0]
+    for name, value in single.items():
+        assert reported[name] == pytest.approx(value, abs=1e-6), name
