@@ -107,3 +107,22 @@ def test_two_nodes_of_one_process_through_torchrun(tmp_path, elsewhere):
     single = quiet_trainer().test(ClassifierModule(student), datamodule=DigitsDataModule(), verbose=False)[0]
     for name, value in single.items():
         assert reported[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_a_sweep_with_ddp_spawn_runs_each_job_once(tmp_path, elsewhere):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        KD_TRAIN,
+        "-m",
+        "stage=student",
+        "trainer=ddp_spawn",
+        "trainer.max_epochs=1",
+        "logger=none",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=elsewhere,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.parent.name for p in sweep.rglob("metrics.json"))
+    assert runs == ["0", "1"]
+    assert [json.loads((sweep / r / "metrics.json").read_text())["seed"] for r in runs] == [0, 1]

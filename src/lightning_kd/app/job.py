@@ -144,7 +144,7 @@ def _fit_and_test(
     monitored = trainer.callback_metrics.get(cfg.monitor)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if best:
+    if best and checkpoint.best_model_score is not None:  # ddp_spawn brings back the path, not the score
         monitored = checkpoint.best_model_score
     if monitored is None:
         raise ConfigError(
