@@ -21,7 +21,19 @@ def main(cfg: DictConfig) -> float:
     from lightning_kd.app.job import run
 
     quiet_console()
-    return run(cfg)
+    try:
+        return run(cfg)
+    finally:
+        _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """End a distributed run cleanly: Lightning leaves a gloo group to exit-time cleanup, where
+    torch can abort the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
