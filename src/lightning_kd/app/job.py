@@ -180,7 +180,7 @@ def _train_classifier(
 # --- the teacher of a distillation run ------------------------------------------------------
 
 
-def teacher_fingerprint(cfg: DictConfig) -> str:
+def teacher_recipe_hash(cfg: DictConfig) -> str:
     """A hash of everything that determines a teacher trained by ``stage=distill``."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("include_unlabeled", None)
@@ -210,7 +210,7 @@ def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
         log.info("teacher loaded from %s", path)
         return teacher, str(path)
     cache = Path(cfg.paths.teacher_cache).absolute()
-    path = cache / f"{cfg.dataset.name}-{type(teacher).__name__.lower()}-{teacher_fingerprint(cfg)}.pt"
+    path = cache / f"{cfg.dataset.name}-{type(teacher).__name__.lower()}-{teacher_recipe_hash(cfg)}.pt"
     if path.is_file():
         load_teacher_weights(teacher, path)
         log.info("teacher reused from %s", path)
@@ -233,10 +233,10 @@ def _distill(cfg: DictConfig, output_dir: Path) -> float:
     resume_from = resume_checkpoint(cfg, output_dir)
     loss = instantiate(cfg.distill)
     datamodule = build_datamodule(cfg, include_unlabeled=bool(cfg.data.get("include_unlabeled", False)))
-    build_network(cfg.student, "student")
-    teacher, teacher_source = obtain_teacher(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     student = build_network(cfg.student, "student")
+    teacher, teacher_source = obtain_teacher(cfg, output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # training a teacher reseeded the RNG
     module = DistillationModule(
         student, teacher, loss=loss, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes
     )
