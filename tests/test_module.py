@@ -34,22 +34,35 @@ class RaisingTeacher(nn.Module):
 
 
 class TestTrainingStep:
-    def test_logs_the_loss_parts_and_temperature(self):
-        module = make_module(temperature=3.0)
+    def test_logs_the_loss_parts_temperature_and_alpha(self):
+        module = make_module(temperature=3.0, alpha=0.25)
         x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
         with mock.patch.object(module, "log") as log, mock.patch.object(module, "log_dict") as log_dict:
-            loss = module.training_step((x, y), 0)
+            outputs = module.training_step((x, y), 0)
         logged = log_dict.call_args.args[0]
         assert set(logged) == {"train/loss", "train/soft_loss", "train/hard_loss"}
-        torch.testing.assert_close(logged["train/loss"], loss)
-        log.assert_called_once_with("train/temperature", 3.0, batch_size=4)
+        torch.testing.assert_close(logged["train/loss"], outputs["loss"])
+        assert log.call_args_list == [
+            mock.call("train/temperature", 3.0, batch_size=4),
+            mock.call("train/alpha", 0.25, batch_size=4),
+        ]
         expected = module.loss(module.student(x), module.teacher(x), y).total
-        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(outputs["loss"], expected)
+
+    def test_returns_detached_logits_and_targets_for_callbacks(self):
+        module = make_module()
+        x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
+        with mock.patch.object(module, "log"), mock.patch.object(module, "log_dict"):
+            outputs = module.training_step((x, y), 0)
+        assert outputs["loss"].requires_grad and not outputs["student_logits"].requires_grad
+        torch.testing.assert_close(outputs["student_logits"], module.student(x).detach())
+        torch.testing.assert_close(outputs["teacher_logits"], module.teacher(x))
+        assert outputs["targets"] is y
 
     def test_gradients_reach_the_student_only(self):
         module = make_module()
         with mock.patch.object(module, "log"), mock.patch.object(module, "log_dict"):
-            loss = module.training_step((torch.randn(4, 8), torch.tensor([0, 1, 2, 0])), 0)
+            loss = module.training_step((torch.randn(4, 8), torch.tensor([0, 1, 2, 0])), 0)["loss"]
         loss.backward()
         assert all(p.grad is not None for p in module.student.parameters())
         assert all(p.grad is None and not p.requires_grad for p in module.teacher.parameters())
@@ -74,7 +87,7 @@ class TestTrainingStep:
         module = DistillationModule(MLP(8, 3, hidden=(8,)), RaisingTeacher(), loss=DistillationLoss(alpha=0.5))
         x, y, t = torch.randn(4, 8), torch.tensor([0, 1, 2, 0]), torch.randn(4, 3)
         with mock.patch.object(module, "log"), mock.patch.object(module, "log_dict"):
-            loss = module.training_step({"x": x, "y": y, "teacher_logits": t}, 0)
+            loss = module.training_step({"x": x, "y": y, "teacher_logits": t}, 0)["loss"]
         torch.testing.assert_close(loss, module.loss(module.student(x), t, y).total)
 
     def test_num_classes_is_inferred_and_then_checked(self):

@@ -70,7 +70,7 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
     optionally ``"y"`` and ``"teacher_logits"`` (precomputed teacher outputs skip the teacher).
 
     Logged metrics: ``train/loss``, ``train/soft_loss``, ``train/hard_loss``,
-    ``train/temperature``; and for ``val`` and ``test``: ``loss`` (student cross-entropy), ``acc``,
+    ``train/temperature``, ``train/alpha``; and for ``val`` and ``test``: ``loss`` (student cross-entropy), ``acc``,
     ``teacher_acc`` (the teacher's accuracy, for reference), ``teacher_agreement`` (same argmax as
     the teacher) and ``kl`` (``KL(teacher || student)`` at ``T = 1``).
 
@@ -181,7 +181,8 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         """The student's logits at ``T = 1``."""
         return self.student(x)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Return the loss, and the detached logits and targets for callbacks' ``outputs``."""
         parts = split_batch(batch)
         student_logits = self.student(parts.x)
         infer_num_classes(self, student_logits)
@@ -194,10 +195,16 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         if out.hard is not None:
             logs["train/hard_loss"] = out.hard
         self.log_dict(logs, batch_size=batch_size, prog_bar=False)
-        temperature = getattr(self.loss, "temperature", None)
-        if temperature is not None:
-            self.log("train/temperature", float(temperature), batch_size=batch_size)
-        return out.total
+        for name in ("temperature", "alpha"):  # the values in use, after any schedule set them
+            value = getattr(self.loss, name, None)
+            if value is not None:
+                self.log(f"train/{name}", float(value), batch_size=batch_size)
+        return {
+            "loss": out.total,
+            "student_logits": student_logits.detach(),
+            "teacher_logits": teacher_logits,
+            "targets": parts.y,
+        }
 
     def _non_finite_report(self, batch_idx: int, student_logits: Tensor, teacher_logits: Tensor, out: Any) -> str:
         parts = [
@@ -216,7 +223,7 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
             "this step is intact (lower the learning rate, or check the inputs and the teacher)."
         )
 
-    def _evaluate(self, batch: Any, stage: str) -> None:
+    def _evaluate(self, batch: Any, stage: str) -> dict[str, Any]:
         parts = split_batch(batch)
         student_logits = self.student(parts.x)
         infer_num_classes(self, student_logits)
@@ -234,12 +241,15 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
             names += ["acc", "teacher_acc", "loss"]
         for name in names:
             self.log(f"{stage}/{name}", metrics[name], on_step=False, on_epoch=True, batch_size=batch_size)
+        return {"student_logits": student_logits, "teacher_logits": teacher_logits, "targets": parts.y}
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Update the ``val`` metrics; return the logits (``T = 1``) and targets for callbacks."""
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Update the ``test`` metrics; return the logits (``T = 1``) and targets for callbacks."""
+        return self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Return ``{"probs": softmax(student_logits), "preds": argmax}`` at ``T = 1``."""

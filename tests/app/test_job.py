@@ -109,3 +109,46 @@ def test_fashion_mnist_config_builds_the_cnn_on_28x28(tmp_path):
     cfg = compose_train(tmp_path, "data=fashion_mnist", "student=cnn_small", "teacher=cnn")
     assert cfg.dataset.input_shape == [1, 28, 28] and cfg.student.in_channels == 1
     assert cfg.student._target_ == "lightning_kd.models.CNN"
+
+
+def test_distill_exports_the_student_and_logs_the_monitor(tmp_path):
+    cfg = compose_train(tmp_path, "stage=distill", "trainer.max_epochs=2", "trainer.limit_train_batches=2")
+    run(cfg)
+    metrics = read_metrics(cfg)
+    assert {"test/ece", "test/teacher_ece", "test/teacher_entropy"} <= set(metrics["test"])
+    export = tmp_dir(cfg) / "export"
+    info = json.loads((export / "export.json").read_text())
+    assert info["num_classes"] == 10 and info["input_shape"] == [1, 8, 8]
+    # The best of the 2 epochs by val/acc, the score kd-train reports.
+    assert info["weights_from"] in {str(tmp_dir(cfg) / "checkpoints" / f"epoch00{i}.ckpt") for i in (0, 1)}
+    assert info["best"] == {"monitor": "val/acc", "score": pytest.approx(metrics["monitor"]["value"])}
+    student = MLP(64, 10, hidden=(30, 30))
+    student.load_state_dict(torch.load(export / "student.pt", weights_only=True))
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(torch.jit.load(export / "student.ts")(x), student.eval()(x))
+
+
+def test_supervised_stages_leave_out_the_distillation_callbacks(tmp_path):
+    cfg = compose_train(tmp_path, "stage=student", "trainer=debug")
+    run(cfg)
+    assert not (tmp_dir(cfg) / "export").exists()
+    assert "test/ece" not in read_metrics(cfg)["test"]
+
+
+def test_schedules_are_added_from_the_command_line(tmp_path):
+    from lightning_kd.app.job import build_trainer
+    from lightning_kd.callbacks import AlphaSchedule, DistillationMonitor, ExportStudent, TemperatureSchedule
+
+    cfg = compose_train(
+        tmp_path,
+        "callbacks=[default,temperature_schedule,alpha_schedule]",
+        "distill.temperature=6",
+        "callbacks.temperature_schedule.kind=cosine",
+        "callbacks.alpha_schedule.end=0.2",
+    )
+    callbacks = {type(c): c for c in build_trainer(cfg, tmp_path).callbacks}
+    assert {DistillationMonitor, ExportStudent, TemperatureSchedule, AlphaSchedule} <= set(callbacks)
+    schedule = callbacks[TemperatureSchedule]
+    assert (schedule.start, schedule.end, schedule.kind) == (6.0, 1.0, "cosine")
+    assert (callbacks[AlphaSchedule].start, callbacks[AlphaSchedule].end) == (0.9, 0.2)
+    run(compose_train(tmp_path / "run2", "trainer=debug", "callbacks=[default,temperature_schedule]"))

@@ -23,6 +23,7 @@ from lightning_kd.app.errors import ConfigError
 from lightning_kd.app.measure import count_parameters, forward_latency_ms
 from lightning_kd.app.results import METRICS_FILE
 from lightning_kd.app.teacher_weights import TeacherCheckpointError, load_teacher_weights
+from lightning_kd.callbacks import DISTILLATION_CALLBACKS
 from lightning_kd.checkpoint_io import AtomicCheckpointIO
 from lightning_kd.classifier import ClassifierModule
 from lightning_kd.files import save_json, save_torch
@@ -95,11 +96,19 @@ def build_datamodule(cfg: DictConfig, include_unlabeled: bool) -> L.LightningDat
     return datamodule
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, max_epochs: Optional[int] = None) -> L.Trainer:
-    """Instantiate the trainer, callbacks and loggers, writing into ``output_dir``."""
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, max_epochs: Optional[int] = None, distillation: bool = True
+) -> L.Trainer:
+    """Instantiate the trainer, callbacks and loggers, writing into ``output_dir``.
+
+    Without ``distillation`` (stages teacher and student), the callbacks that need a
+    ``DistillationModule`` are left out.
+    """
     cfg = cfg.copy()
     cfg.paths.output_dir = str(output_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not distillation:
+        callbacks = [c for c in callbacks if not isinstance(c, DISTILLATION_CALLBACKS)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     overrides: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "plugins": [AtomicCheckpointIO()]}
     if cfg.trainer.get("enable_progress_bar") is None:
@@ -165,7 +174,7 @@ def _train_classifier(
     """Stages ``teacher`` and ``student``: plain cross-entropy training of one network."""
     module = ClassifierModule(network, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes)
     max_epochs = cfg.teacher.max_epochs if role == "teacher" else None
-    trainer = build_trainer(cfg, output_dir, max_epochs)
+    trainer = build_trainer(cfg, output_dir, max_epochs, distillation=False)
     monitored, tested = _fit_and_test(cfg, module, datamodule, trainer, resume_from)
     if not trainer.is_global_zero:  # one process writes the results of a distributed run
         return monitored

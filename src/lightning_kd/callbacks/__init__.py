@@ -1,0 +1,16 @@
+"""Callbacks for distillation runs: schedules of T and alpha, a monitor, and the student's export.
+
+Example:
+    >>> from lightning_kd.callbacks import DistillationMonitor, ExportStudent, TemperatureSchedule
+    >>> callbacks = [TemperatureSchedule(start=8.0, end=2.0), DistillationMonitor(), ExportStudent()]
+"""
+
+from lightning_kd.callbacks.alpha_schedule import AlphaSchedule
+from lightning_kd.callbacks.distillation_monitor import DistillationMonitor
+from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
+
+__all__ = ["DISTILLATION_CALLBACKS", "AlphaSchedule", "DistillationMonitor", "ExportStudent", "TemperatureSchedule"]
+
+# The callbacks that need a DistillationModule (its loss, teacher outputs or student).
+DISTILLATION_CALLBACKS = (AlphaSchedule, DistillationMonitor, ExportStudent, TemperatureSchedule)
