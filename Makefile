@@ -14,9 +14,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The notebooks run in their quick mode (fewer seeds and epochs); a failing cell fails the target.
 test: venv
 	$(PY) -m ruff check src tests
 	$(PY) -m pytest -m "not slow"
+	LIGHTNING_KD_QUICK=1 $(PY) -m pytest --nbmake notebooks
 
 lint: venv
 	$(PY) -m ruff check src tests

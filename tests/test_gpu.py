@@ -9,8 +9,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from kd_testing import BatchNormDropoutNet, quiet_trainer
 from lightning_kd import DistillationLoss, DistillationModule, soft_target_loss
 from lightning_kd.data import DigitsDataModule
+from lightning_kd.fingerprint import module_fingerprint
 from lightning_kd.models import MLP
-from lightning_kd.module import module_fingerprint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

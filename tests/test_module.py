@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from kd_testing import BatchNormDropoutNet, quiet_trainer
 from lightning_kd import DistillationLoss, DistillationModule, load_student
 from lightning_kd.data import DigitsDataModule
+from lightning_kd.fingerprint import module_fingerprint
 from lightning_kd.models import MLP
-from lightning_kd.module import module_fingerprint
 
 
 def make_module(temperature: float = 4.0, alpha: float = 0.5, seed: int = 0, **kwargs) -> DistillationModule:

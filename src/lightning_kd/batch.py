@@ -4,8 +4,9 @@ A batch is one of:
 
 * a tuple or list ``(x, y)``: inputs and integer labels;
 * a tuple or list ``(x,)``: inputs only (an unlabeled transfer set, ``alpha = 1``);
-* a dict with key ``"x"`` and optionally ``"y"`` and ``"teacher_logits"``. Precomputed teacher
-  logits replace the teacher's forward pass (offline distillation).
+* a dict with key ``"x"`` and optionally ``"y"``, ``"teacher_logits"`` and ``"index"``.
+  Precomputed teacher logits replace the teacher's forward pass (offline distillation); the
+  sample index (from :class:`~lightning_kd.data.IndexedDataset`) is the key of a teacher-output cache.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ class Batch(NamedTuple):
     x: Any
     y: Optional[Tensor] = None
     teacher_logits: Optional[Tensor] = None
+    index: Optional[Tensor] = None
 
 
 def split_batch(batch: Any) -> Batch:
     """Split a batch that follows the convention of this module.
 
     Args:
-        batch: ``(x, y)``, ``(x,)``, or a dict with ``"x"`` and optionally ``"y"`` and
-            ``"teacher_logits"``.
+        batch: ``(x, y)``, ``(x,)``, or a dict with ``"x"`` and optionally ``"y"``,
+            ``"teacher_logits"`` and ``"index"``.
 
     Returns:
         A :class:`Batch`.
@@ -48,7 +50,7 @@ def split_batch(batch: Any) -> Batch:
     if isinstance(batch, dict):
         if "x" not in batch:
             raise TypeError(f"a dict batch must have the key 'x', got keys {sorted(batch)}")
-        return Batch(batch["x"], batch.get("y"), batch.get("teacher_logits"))
+        return Batch(batch["x"], batch.get("y"), batch.get("teacher_logits"), batch.get("index"))
     if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
         return Batch(*batch)
     if isinstance(batch, (tuple, list)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from typing import Any, Optional
 
@@ -15,23 +14,14 @@ from torch import Tensor, nn
 from lightning_kd.batch import Batch, split_batch
 from lightning_kd.checkpoint import TEACHER_PREFIX
 from lightning_kd.checks import check_positive_int
+from lightning_kd.fingerprint import module_fingerprint
 from lightning_kd.losses import DistillationLoss, hard_target_loss, soft_target_loss
 from lightning_kd.metrics import ResetMetricsOnEvaluationStart, stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
 
-__all__ = ["DistillationModule", "check_module", "infer_num_classes", "module_fingerprint"]
+__all__ = ["DistillationModule", "check_module", "infer_num_classes"]
 
 TEACHER_FINGERPRINT_KEY = "teacher_fingerprint"
-
-
-def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's state: names, shapes, dtypes and values of its tensors."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def check_module(name: str, value: Any) -> nn.Module:
@@ -125,6 +115,9 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
 
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        # Set by the CacheTeacherOutputs callback: training steps read the teacher's logits from
+        # it by sample index instead of running the teacher.
+        self.teacher_cache: Optional[Any] = None
         self._teacher_fingerprint: Optional[str] = None
         self.metrics = stage_metrics(["loss", "acc", "teacher_acc", "teacher_agreement", "kl"])
         # Primitives only: checkpoints must load with torch.load(weights_only=True).
@@ -145,14 +138,17 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         self.teacher.eval()
         return self
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def teacher_logits(self, x: Any) -> Tensor:
         """The frozen teacher's logits for ``x``, with no autograd graph."""
         return self.teacher(x)
 
-    def _teacher_logits_for(self, batch: Batch) -> Tensor:
+    def _teacher_logits_for(self, batch: Batch, cached: bool = False) -> Tensor:
+        """Precomputed logits from the batch, from the cache (``cached``, training only), or the teacher's."""
         if batch.teacher_logits is not None:
             return batch.teacher_logits
+        if cached and self.teacher_cache is not None and batch.index is not None:
+            return self.teacher_cache.lookup(batch.index, device=self.device)
         return self.teacher_logits(batch.x)
 
     def on_fit_start(self) -> None:
@@ -186,7 +182,7 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         parts = split_batch(batch)
         student_logits = self.student(parts.x)
         infer_num_classes(self, student_logits)
-        teacher_logits = self._teacher_logits_for(parts)
+        teacher_logits = self._teacher_logits_for(parts, cached=True)
         out = self.loss(student_logits, teacher_logits, parts.y)
         if not torch.isfinite(out.total):
             raise FloatingPointError(self._non_finite_report(batch_idx, student_logits, teacher_logits, out))

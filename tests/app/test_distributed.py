@@ -13,6 +13,7 @@ import torch
 
 from kd_testing import KD_TRAIN, quiet_trainer, run_cli
 from lightning_kd import ClassifierModule, DistillationModule
+from lightning_kd.callbacks import DistillationMonitor
 from lightning_kd.data import DigitsDataModule
 from lightning_kd.models import MLP
 
@@ -37,6 +38,7 @@ def test_two_process_ddp_run_makes_one_folder_and_whole_dataset_metrics(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "run", "teachers"]
     assert list(elsewhere.iterdir()) == []  # rank 1 made no folder of its own
     assert (run_dir / "train_ddp_process_1.log").is_file()
+    assert sorted(p.name for p in run_dir.glob("export*")) == ["export"]  # one process exported
 
     # The 2-process test metrics equal a 1-process evaluation of the same weights on the same data.
     reported = json.loads((run_dir / "metrics.json").read_text())["test"]
@@ -45,8 +47,11 @@ def test_two_process_ddp_run_makes_one_folder_and_whole_dataset_metrics(tmp_path
     teacher.load_state_dict(torch.load(cached, weights_only=True))
     student = MLP(64, 10, hidden=(30, 30))
     student.load_state_dict(torch.load(run_dir / "student.pt", weights_only=True))
-    single = quiet_trainer().test(DistillationModule(student, teacher), datamodule=DigitsDataModule(), verbose=False)[0]
-    assert reported.keys() == single.keys()
+    # With the monitor: its calibration errors and entropy are reduced across ranks, exactly too.
+    single = quiet_trainer(callbacks=[DistillationMonitor()]).test(
+        DistillationModule(student, teacher), datamodule=DigitsDataModule(), verbose=False
+    )[0]
+    assert reported.keys() == single.keys() and "test/ece" in single
     for name, value in single.items():
         assert reported[name] == pytest.approx(value, abs=1e-6), name
 

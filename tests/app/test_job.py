@@ -44,7 +44,7 @@ def test_distill_trains_a_teacher_once_then_reuses_it(tmp_path, caplog):
     assert len(cached) == 1
     first = read_metrics(cfg)
     assert first["stage"] == "distill"
-    assert first["distill"] == {"temperature": 3.0, "alpha": 0.7, "objective": "kl"}
+    assert first["distill"] == {"temperature": 3.0, "alpha": 0.7, "objective": "kl", "cache_teacher": False}
     assert first["teacher"]["source"] == str(cached[0])
     assert first["params"]["teacher"] > 100 * first["params"]["student"]
     assert set(first["latency_ms"]) == {"student", "teacher"}
@@ -152,3 +152,30 @@ def test_schedules_are_added_from_the_command_line(tmp_path):
     assert (schedule.start, schedule.end, schedule.kind) == (6.0, 1.0, "cosine")
     assert (callbacks[AlphaSchedule].start, callbacks[AlphaSchedule].end) == (0.9, 0.2)
     run(compose_train(tmp_path / "run2", "trainer=debug", "callbacks=[default,temperature_schedule]"))
+
+
+def test_distill_with_the_teacher_cache(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lightning_kd")
+    shared = tmp_path / "shared_cache"
+    settings = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "distill.cache_teacher=true"]
+    cfg = compose_train(tmp_path, *settings, "distill.cache_dtype=float32")
+    run(cfg)
+    assert read_metrics(cfg)["distill"]["cache_teacher"] is True
+    (cache,) = (tmp_dir(cfg) / "teacher_cache").glob("teacher-*")
+    assert (cache / "logits.npy").is_file()
+    assert any("teacher outputs built" in r.getMessage() for r in caplog.records)
+
+    for attempt in ("first", "second"):  # a shared cache_dir: the second run reuses the first's cache
+        caplog.clear()
+        again = compose_train(
+            tmp_path / attempt, *settings, f"paths.teacher_cache={tmp_path / 'teachers'}", f"distill.cache_dir={shared}"
+        )
+        run(again)
+    assert any("teacher outputs reused" in r.getMessage() for r in caplog.records)
+    assert len(list(shared.glob("teacher-*"))) == 1
+
+
+def test_bad_cache_settings_fail_with_a_clear_error(tmp_path):
+    cfg = compose_train(tmp_path, "distill.cache_teacher=true", "distill.cache_dtype=int8")
+    with pytest.raises(ConfigError, match="distill: dtype must be one of .* got 'int8'"):
+        run(cfg)

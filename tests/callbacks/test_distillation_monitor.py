@@ -26,7 +26,7 @@ def manual_ece(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> 
     correct = (preds == targets).float()
     edges = torch.linspace(0, 1, n_bins + 1)
     total = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             total += in_bin.float().mean() * (correct[in_bin].mean() - confidence[in_bin].mean()).abs()

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
@@ -23,7 +23,7 @@ from lightning_kd.app.errors import ConfigError
 from lightning_kd.app.measure import count_parameters, forward_latency_ms
 from lightning_kd.app.results import METRICS_FILE
 from lightning_kd.app.teacher_weights import TeacherCheckpointError, load_teacher_weights
-from lightning_kd.callbacks import DISTILLATION_CALLBACKS
+from lightning_kd.callbacks import DISTILLATION_CALLBACKS, CacheTeacherOutputs
 from lightning_kd.checkpoint_io import AtomicCheckpointIO
 from lightning_kd.classifier import ClassifierModule
 from lightning_kd.files import save_json, save_torch
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 STAGES = ("teacher", "student", "distill")
 # Keys of the `teacher` config node that configure its training, not its network class.
 TEACHER_SETTINGS = ("checkpoint", "seed", "max_epochs")
+# Keys of the `distill` config node that configure the teacher-output cache, not the loss.
+CACHE_SETTINGS = ("cache_teacher", "cache_dtype", "cache_top_k", "cache_dir")
 
 
 def run(cfg: DictConfig) -> float:
@@ -86,9 +88,9 @@ def build_network(node: DictConfig, role: str) -> nn.Module:
     return network
 
 
-def build_datamodule(cfg: DictConfig, include_unlabeled: bool) -> L.LightningDataModule:
+def build_datamodule(cfg: DictConfig, include_unlabeled: bool, with_index: bool = False) -> L.LightningDataModule:
     """Instantiate ``cfg.data`` and load it now, so that a missing dataset fails before training."""
-    datamodule = instantiate(cfg.data, include_unlabeled=include_unlabeled)
+    datamodule = instantiate(cfg.data, include_unlabeled=include_unlabeled, with_index=with_index)
     try:
         datamodule.setup("fit")
     except (FileNotFoundError, ValueError) as error:
@@ -97,7 +99,11 @@ def build_datamodule(cfg: DictConfig, include_unlabeled: bool) -> L.LightningDat
 
 
 def build_trainer(
-    cfg: DictConfig, output_dir: Path, max_epochs: Optional[int] = None, distillation: bool = True
+    cfg: DictConfig,
+    output_dir: Path,
+    max_epochs: Optional[int] = None,
+    distillation: bool = True,
+    extra_callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
     """Instantiate the trainer, callbacks and loggers, writing into ``output_dir``.
 
@@ -106,7 +112,7 @@ def build_trainer(
     """
     cfg = cfg.copy()
     cfg.paths.output_dir = str(output_dir)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [*extra_callbacks, *(instantiate(c) for c in (cfg.get("callbacks") or {}).values())]
     if not distillation:
         callbacks = [c for c in callbacks if not isinstance(c, DISTILLATION_CALLBACKS)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
@@ -240,8 +246,11 @@ def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
 def _distill(cfg: DictConfig, output_dir: Path) -> float:
     # Everything that can fail on a bad value is built before the teacher may need training.
     resume_from = resume_checkpoint(cfg, output_dir)
-    loss = instantiate(cfg.distill)
-    datamodule = build_datamodule(cfg, include_unlabeled=bool(cfg.data.get("include_unlabeled", False)))
+    loss = instantiate({k: v for k, v in cfg.distill.items() if k not in CACHE_SETTINGS})
+    cache = cfg.distill.get("cache_teacher", False)
+    datamodule = build_datamodule(
+        cfg, include_unlabeled=bool(cfg.data.get("include_unlabeled", False)), with_index=cache
+    )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     student = build_network(cfg.student, "student")
     teacher, teacher_source = obtain_teacher(cfg, output_dir)
@@ -249,7 +258,7 @@ def _distill(cfg: DictConfig, output_dir: Path) -> float:
     module = DistillationModule(
         student, teacher, loss=loss, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes
     )
-    trainer = build_trainer(cfg, output_dir)
+    trainer = build_trainer(cfg, output_dir, extra_callbacks=[_cache_callback(cfg, output_dir)] if cache else [])
     monitored, tested = _fit_and_test(cfg, module, datamodule, trainer, resume_from)
     if not trainer.is_global_zero:  # one process writes the results of a distributed run
         return monitored
@@ -271,6 +280,17 @@ def _distill(cfg: DictConfig, output_dir: Path) -> float:
     return monitored
 
 
+def _cache_callback(cfg: DictConfig, output_dir: Path) -> CacheTeacherOutputs:
+    """The teacher-output cache of ``distill.cache_teacher=true``."""
+    directory = cfg.distill.get("cache_dir") or output_dir / "teacher_cache"
+    try:
+        return CacheTeacherOutputs(
+            dirpath=Path(directory).absolute(), dtype=cfg.distill.cache_dtype, top_k=cfg.distill.get("cache_top_k")
+        )
+    except ValueError as error:
+        raise ConfigError(f"distill: {error}") from error
+
+
 # --- results --------------------------------------------------------------------------------
 
 
@@ -288,4 +308,5 @@ def _write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: flo
     }
     if stage == "distill":
         results["distill"] = {k: cfg.distill[k] for k in ("temperature", "alpha", "objective")}
+        results["distill"]["cache_teacher"] = bool(cfg.distill.get("cache_teacher", False))
     save_json(output_dir / METRICS_FILE, results)

@@ -6,11 +6,20 @@ Example:
 """
 
 from lightning_kd.callbacks.alpha_schedule import AlphaSchedule
+from lightning_kd.callbacks.cache_teacher_outputs import CacheTeacherOutputs, TeacherCacheMismatchError
 from lightning_kd.callbacks.distillation_monitor import DistillationMonitor
 from lightning_kd.callbacks.export_student import ExportStudent
 from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
 
-__all__ = ["DISTILLATION_CALLBACKS", "AlphaSchedule", "DistillationMonitor", "ExportStudent", "TemperatureSchedule"]
+__all__ = [
+    "DISTILLATION_CALLBACKS",
+    "AlphaSchedule",
+    "CacheTeacherOutputs",
+    "DistillationMonitor",
+    "ExportStudent",
+    "TeacherCacheMismatchError",
+    "TemperatureSchedule",
+]
 
 # The callbacks that need a DistillationModule (its loss, teacher outputs or student).
-DISTILLATION_CALLBACKS = (AlphaSchedule, DistillationMonitor, ExportStudent, TemperatureSchedule)
+DISTILLATION_CALLBACKS = (AlphaSchedule, CacheTeacherOutputs, DistillationMonitor, ExportStudent, TemperatureSchedule)

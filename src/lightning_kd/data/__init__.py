@@ -3,5 +3,6 @@
 from lightning_kd.data.base import TensorDataModule
 from lightning_kd.data.digits import DigitsDataModule
 from lightning_kd.data.fashion_mnist import FashionMNISTDataModule
+from lightning_kd.data.indexed import IndexedDataset
 
-__all__ = ["DigitsDataModule", "FashionMNISTDataModule", "TensorDataModule"]
+__all__ = ["DigitsDataModule", "FashionMNISTDataModule", "IndexedDataset", "TensorDataModule"]

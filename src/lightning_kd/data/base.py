@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import lightning as L
 import torch
@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_kd.checks import check_positive_int
+from lightning_kd.data.indexed import IndexedDataset
 from lightning_kd.data.samplers import EpochBatchSampler
 from lightning_kd.losses import IGNORE_INDEX
 
@@ -32,6 +33,8 @@ class TensorDataModule(L.LightningDataModule):
             for soft targets. Only a distillation run can learn from them.
         split_seed: Seed of the train/validation split, independent of the training seed, so
             every run of a sweep sees the same split.
+        with_index: Training batches are dicts ``{"x", "y", "index"}`` (an
+            :class:`~lightning_kd.data.IndexedDataset`), the keys of a teacher-output cache.
     """
 
     num_classes: int
@@ -43,6 +46,7 @@ class TensorDataModule(L.LightningDataModule):
         labeled_size: Optional[int] = None,
         include_unlabeled: bool = False,
         split_seed: int = 0,
+        with_index: bool = False,
     ):
         super().__init__()
         check_positive_int("batch_size", batch_size)
@@ -51,6 +55,7 @@ class TensorDataModule(L.LightningDataModule):
         self.labeled_size = labeled_size
         self.include_unlabeled = include_unlabeled
         self.split_seed = split_seed
+        self.with_index = with_index
         self.train_set: Optional[TensorDataset] = None
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -76,7 +81,7 @@ class TensorDataModule(L.LightningDataModule):
         self.val_set = TensorDataset(x_val, y_val)
         self.test_set = TensorDataset(x_test, y_test)
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Union[TensorDataset, IndexedDataset], shuffle: bool) -> DataLoader:
         if self.trainer is not None and self.trainer.world_size > 1:
             if shuffle:  # training: Lightning inserts its DistributedSampler
                 return DataLoader(dataset, batch_size=self.batch_size, shuffle=True)
@@ -91,7 +96,7 @@ class TensorDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(IndexedDataset(self.train_set) if self.with_index else self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
