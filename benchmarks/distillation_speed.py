@@ -1,8 +1,9 @@
 """Distillation speed, side by side: a hand-written loop, DistillationModule, the teacher cache, the student alone.
 
 Every (workload, mode) runs in a fresh subprocess with the same data, models, batch size and
-thread count, so that peak memory (RSS) is its own; an epoch's time is the median over the
-epochs after the warm-up ones. Only training is timed: no validation loop, no progress bar;
+thread count, so that peak memory (RSS) is its own. Per run, an epoch's time is the median over
+the epochs after the warm-up ones; the modes run in interleaved rounds and the median round is
+reported. Only training is timed: no validation loop, no progress bar;
 the Lightning runs log to CSV at the default interval (every 50 steps).
 
     python benchmarks/distillation_speed.py                      # both workloads, all modes
@@ -10,7 +11,9 @@ the Lightning runs log to CSV at the default interval (every 50 steps).
 
 Modes:
     loop_kd        (a) hand-written PyTorch distillation loop: the no-framework reference
+    lightning_kd   the same hand-written step in a minimal LightningModule: Lightning's own cost
     module         (b) DistillationModule under a Trainer
+    loop_cached    (a) with the teacher's logits precomputed in memory: the no-framework floor of (c)
     module_cached  (c) (b) with CacheTeacherOutputs (float16); its one-off build is reported apart
     student        (d) the student alone (ClassifierModule, cross-entropy) under the same Trainer
     loop_student   the student alone in a hand-written loop
@@ -32,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ["loop_kd", "module", "module_cached", "student", "loop_student"]
+MODES = ["loop_kd", "lightning_kd", "module", "loop_cached", "module_cached", "student", "loop_student"]
 EXTRA_MODES = ["monitor_1", "monitor_50", "compiled"]
 WORKLOADS = ["digits", "fashion"]
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -55,11 +58,12 @@ def load_workload(name: str, fashion_samples: int):
         teacher = MLP(64, 10, hidden=(1200, 1200), dropout=0.3)
         student = MLP(64, 10, hidden=(30, 30))
         return x, y, teacher, student, 64, f"digits, {len(y)} images 8x8, MLP 1200-1200 -> MLP 30-30"
-    if (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file() or (FASHION_ROOT / "train-images-idx3-ubyte").is_file():
+    if (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file():
         from lightning_kd.data.fashion_mnist import read_idx
 
-        x = read_idx(FASHION_ROOT, "train-images-idx3-ubyte")[:fashion_samples].float().unsqueeze(1) / 255
-        y = read_idx(FASHION_ROOT, "train-labels-idx1-ubyte")[:fashion_samples].long()
+        images = read_idx(FASHION_ROOT / "train-images-idx3-ubyte.gz")[:fashion_samples]
+        x = torch.from_numpy(images.copy()).float().unsqueeze(1) / 255
+        y = torch.from_numpy(read_idx(FASHION_ROOT / "train-labels-idx1-ubyte.gz")[:fashion_samples].copy()).long()
         source = "Fashion-MNIST"
     else:  # the same shapes, random content
         x, y = torch.rand(fashion_samples, 1, 28, 28), torch.randint(0, 10, (fashion_samples,))
@@ -69,7 +73,20 @@ def load_workload(name: str, fashion_samples: int):
     return x, y, teacher, student, 128, f"{source}, {len(y)} images 28x28, CNN 64-128-512 -> CNN 16-32-64"
 
 
-def hand_written(x, y, teacher, student, batch_size, epochs, distill: bool) -> list[float]:
+def kd_loss(logits, teacher_logits, targets):
+    """The math of DistillationLoss(TEMPERATURE, ALPHA), written out."""
+    import torch.nn.functional as F
+
+    soft = F.kl_div(
+        F.log_softmax(logits / TEMPERATURE, -1),
+        F.log_softmax(teacher_logits / TEMPERATURE, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return ALPHA * TEMPERATURE**2 * soft + (1 - ALPHA) * F.cross_entropy(logits, targets)
+
+
+def hand_written(x, y, teacher, student, batch_size, epochs, distill: bool, precompute: bool = False) -> list[float]:
     """The reference: the same math as DistillationLoss, written out, no framework."""
     import torch
     import torch.nn.functional as F
@@ -77,6 +94,9 @@ def hand_written(x, y, teacher, student, batch_size, epochs, distill: bool) -> l
     optimizer = torch.optim.Adam(student.parameters(), lr=LR)
     teacher.eval()
     student.train()
+    if precompute:
+        with torch.inference_mode():
+            all_teacher_logits = torch.cat([teacher(part) for part in x.split(512)])
     times = []
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -85,19 +105,12 @@ def hand_written(x, y, teacher, student, batch_size, epochs, distill: bool) -> l
             index = order[i : i + batch_size]
             xb, yb = x[index], y[index]
             logits = student(xb)
-            if distill:
+            if precompute:
+                loss = kd_loss(logits, all_teacher_logits[index], yb)
+            elif distill:
                 with torch.inference_mode():
                     teacher_logits = teacher(xb)
-                soft = (
-                    F.kl_div(
-                        F.log_softmax(logits / TEMPERATURE, -1),
-                        F.log_softmax(teacher_logits / TEMPERATURE, -1),
-                        reduction="batchmean",
-                        log_target=True,
-                    )
-                    * TEMPERATURE**2
-                )
-                loss = ALPHA * soft + (1 - ALPHA) * F.cross_entropy(logits, yb)
+                loss = kd_loss(logits, teacher_logits, yb)
             else:
                 loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -128,6 +141,23 @@ def with_trainer(x, y, teacher, student, batch_size, epochs, mode: str) -> tuple
         def on_train_epoch_end(self, trainer, pl_module):
             self.times.append(time.perf_counter() - self.start)
 
+    class HandWrittenStep(L.LightningModule):
+        """The loop's step, as it is, in a LightningModule: what Lightning itself costs."""
+
+        def __init__(self):
+            super().__init__()
+            self.student, self.teacher = student, teacher.eval()
+
+        def training_step(self, batch, batch_idx):
+            xb, yb = batch
+            logits = self.student(xb)
+            with torch.inference_mode():
+                teacher_logits = self.teacher(xb)
+            return kd_loss(logits, teacher_logits, yb)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.student.parameters(), lr=LR)
+
     extra: dict = {}
     callbacks: list = []
     dataset = TensorDataset(x, y)
@@ -143,6 +173,8 @@ def with_trainer(x, y, teacher, student, batch_size, epochs, mode: str) -> tuple
     optimizer = lambda params: torch.optim.Adam(params, lr=LR)  # noqa: E731
     if mode == "student":
         module = ClassifierModule(student, optimizer=optimizer)
+    elif mode == "lightning_kd":
+        module = HandWrittenStep()
     else:
         if mode == "compiled":
             student = torch.compile(student)
@@ -178,8 +210,10 @@ def child(workload: str, mode: str, epochs: int, warmup: int, threads: int, fash
     torch.set_num_threads(threads)
     x, y, teacher, student, batch_size, description = load_workload(workload, fashion_samples)
     extra: dict = {}
-    if mode in ("loop_kd", "loop_student"):
-        times = hand_written(x, y, teacher, student, batch_size, epochs, distill=mode == "loop_kd")
+    if mode.startswith("loop_"):
+        times = hand_written(
+            x, y, teacher, student, batch_size, epochs, distill=mode != "loop_student", precompute=mode == "loop_cached"
+        )
     else:
         times, extra = with_trainer(x, y, teacher, student, batch_size, epochs, mode)
     steps = (len(y) + batch_size - 1) // batch_size
@@ -196,6 +230,12 @@ def child(workload: str, mode: str, epochs: int, warmup: int, threads: int, fash
         "student_params": sum(p.numel() for p in student.parameters()),
         **extra,
     }
+
+
+def torch_version() -> str:
+    from importlib.metadata import version
+
+    return f"{version('torch')}, lightning {version('lightning')}"
 
 
 def run_child(args: argparse.Namespace, workload: str, mode: str) -> dict:
@@ -243,6 +283,9 @@ def table(results: list[dict]) -> str:
         ratios = [
             ("(b)/(a) module / hand-written", "module", "loop_kd"),
             ("(c)/(d) cached / student", "module_cached", "student"),
+            ("Lightning alone: lightning_kd / hand-written", "lightning_kd", "loop_kd"),
+            ("our module alone: module / lightning_kd", "module", "lightning_kd"),
+            ("the math alone: loop_cached / loop_student", "loop_cached", "loop_student"),
         ]
         ratios += [
             ("(b)/(c) online / cached", "module", "module_cached"),
@@ -263,6 +306,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3, help="first epochs left out of the median")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each mode, interleaved; the median is kept")
     parser.add_argument("--fashion-samples", type=int, default=10_000)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "MODE"), help=argparse.SUPPRESS)
@@ -271,15 +315,25 @@ def main() -> None:
         print(json.dumps(child(*args.child, args.epochs, args.warmup, args.threads, args.fashion_samples)))
         return
     workloads = WORKLOADS if args.workload == "all" else [args.workload]
+    modes = args.modes.split(",")
     results = []
     for workload in workloads:
-        for mode in args.modes.split(","):
-            results.append(run_child(args, workload, mode))
-            print(f"{workload:>8} {mode:<14} {results[-1]['epoch_ms']:9.1f} ms/epoch", file=sys.stderr, flush=True)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}"
-    )
-    print(f"epochs {args.epochs}, median of the last {args.epochs - args.warmup}")
+        # Rounds interleave the modes, so that a slow spell of a shared machine hits them all alike.
+        rounds = [[run_child(args, workload, mode) for mode in modes] for _ in range(args.rounds)]
+        for column, mode in enumerate(modes):
+            runs = [round_[column] for round_ in rounds]
+            merged = dict(runs[0])
+            merged["epoch_ms"] = statistics.median(run["epoch_ms"] for run in runs)
+            merged["epoch_ms_rounds"] = [round(run["epoch_ms"], 2) for run in runs]
+            merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+            for key in ("cache_build_s", "grad_norm_s"):
+                if key in merged:
+                    merged[key] = statistics.median(run[key] for run in runs)
+            results.append(merged)
+            print(f"{workload:>8} {mode:<14} {merged['epoch_ms']:9.1f} ms/epoch", file=sys.stderr, flush=True)
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} cores, torch {torch_version()}, {args.threads} threads")
+    print(f"{args.rounds} rounds x {args.epochs} epochs; per round the median of the last {args.epochs - args.warmup}")
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

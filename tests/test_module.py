@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 from functools import partial
 from unittest import mock
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -332,3 +335,37 @@ def test_ddp_spawn_keeps_the_teacher_frozen_and_metrics_exact():
     assert two_processes.keys() == one_process.keys()
     for name, value in one_process.items():
         assert two_processes[name] == pytest.approx(value, abs=1e-6), name
+
+
+class LogsEveryStep(L.LightningModule):
+    """Logs on every step, leaving the choice of steps to Lightning."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = MLP(8, 3, hidden=(8,))
+
+    def training_step(self, batch, batch_idx):
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def logged_steps(tmp_path, module, loader, every: int) -> list[int]:
+    logger = CSVLogger(tmp_path, name="", version="")
+    quiet_trainer(max_epochs=3, logger=logger, log_every_n_steps=every).fit(module, loader)
+    if not (tmp_path / "metrics.csv").exists():  # nothing was logged
+        return []
+    with open(tmp_path / "metrics.csv") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+
+
+@pytest.mark.parametrize("every", [1, 3, 50])
+def test_training_values_are_logged_on_the_steps_lightning_writes(toy_loaders, tmp_path, every):
+    """Logging only there (it is costly) leaves the loggers' output unchanged."""
+    train, _ = toy_loaders
+    expected = logged_steps(tmp_path / "reference", LogsEveryStep(), train, every)
+    assert logged_steps(tmp_path / "module", make_module(), train, every) == expected
+    assert len(expected) == {1: 12, 3: 4, 50: 0}[every]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lightning_kd.batch import split_batch
 from lightning_kd.losses import hard_target_loss
-from lightning_kd.metrics import ResetMetricsOnEvaluationStart, stage_metrics
+from lightning_kd.metrics import ResetMetricsOnEvaluationStart, loggers_write_this_step, stage_metrics
 from lightning_kd.module import check_module, infer_num_classes
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
 
@@ -75,7 +75,8 @@ class ClassifierModule(ResetMetricsOnEvaluationStart, L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         logits, y = self._labeled(batch)
         loss = hard_target_loss(logits, y)
-        self.log("train/loss", loss, batch_size=logits.shape[0])
+        if loggers_write_this_step(self):
+            self.log("train/loss", loss, batch_size=logits.shape[0])
         return loss
 
     def _evaluate(self, batch: Any, stage: str) -> None:

@@ -4,10 +4,32 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import lightning as L
 from torch import nn
 from torchmetrics import MeanMetric
 
-__all__ = ["ResetMetricsOnEvaluationStart", "stage_metrics"]
+__all__ = ["ResetMetricsOnEvaluationStart", "loggers_write_this_step", "stage_metrics"]
+
+
+def loggers_write_this_step(module: L.LightningModule) -> bool:
+    """Whether Lightning passes the values logged in this training step to the loggers.
+
+    Per-step ``train/`` values logged on other steps are dropped, and Lightning's ``self.log``
+    costs about 1 ms a value on a CPU (Lightning 2.6), more than a small student's whole step:
+    the modules skip it there. Outside a ``Trainer`` it is always ``True``.
+
+    Example:
+        >>> from lightning_kd import ClassifierModule
+        >>> from lightning_kd.models import MLP
+        >>> loggers_write_this_step(ClassifierModule(MLP(4, 2)))
+        True
+    """
+    trainer = module._trainer
+    if trainer is None:
+        return True
+    every = trainer.log_every_n_steps
+    # As Lightning decides: the step about to be taken is global_step + 1.
+    return every > 0 and ((module.global_step + 1) % every == 0 or trainer.should_stop)
 
 
 def stage_metrics(names: Iterable[str], stages: Iterable[str] = ("val", "test")) -> nn.ModuleDict:

@@ -16,7 +16,7 @@ from lightning_kd.checkpoint import TEACHER_PREFIX
 from lightning_kd.checks import check_positive_int
 from lightning_kd.fingerprint import module_fingerprint
 from lightning_kd.losses import DistillationLoss, hard_target_loss, soft_target_loss
-from lightning_kd.metrics import ResetMetricsOnEvaluationStart, stage_metrics
+from lightning_kd.metrics import ResetMetricsOnEvaluationStart, loggers_write_this_step, stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
 
 __all__ = ["DistillationModule", "check_module", "infer_num_classes"]
@@ -60,7 +60,8 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
     optionally ``"y"`` and ``"teacher_logits"`` (precomputed teacher outputs skip the teacher).
 
     Logged metrics: ``train/loss``, ``train/soft_loss``, ``train/hard_loss``,
-    ``train/temperature``, ``train/alpha``; and for ``val`` and ``test``: ``loss`` (student cross-entropy), ``acc``,
+    ``train/temperature``, ``train/alpha``, on the steps the loggers write
+    (``Trainer(log_every_n_steps=...)``); and for ``val`` and ``test``: ``loss`` (student cross-entropy), ``acc``,
     ``teacher_acc`` (the teacher's accuracy, for reference), ``teacher_agreement`` (same argmax as
     the teacher) and ``kl`` (``KL(teacher || student)`` at ``T = 1``).
 
@@ -186,7 +187,16 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         out = self.loss(student_logits, teacher_logits, parts.y)
         if not torch.isfinite(out.total):
             raise FloatingPointError(self._non_finite_report(batch_idx, student_logits, teacher_logits, out))
-        batch_size = student_logits.shape[0]
+        if loggers_write_this_step(self):
+            self._log_training_step(out, batch_size=student_logits.shape[0])
+        return {
+            "loss": out.total,
+            "student_logits": student_logits.detach(),
+            "teacher_logits": teacher_logits,
+            "targets": parts.y,
+        }
+
+    def _log_training_step(self, out: Any, batch_size: int) -> None:
         logs = {"train/loss": out.total, "train/soft_loss": out.soft}
         if out.hard is not None:
             logs["train/hard_loss"] = out.hard
@@ -195,12 +205,6 @@ class DistillationModule(ResetMetricsOnEvaluationStart, L.LightningModule):
             value = getattr(self.loss, name, None)
             if value is not None:
                 self.log(f"train/{name}", float(value), batch_size=batch_size)
-        return {
-            "loss": out.total,
-            "student_logits": student_logits.detach(),
-            "teacher_logits": teacher_logits,
-            "targets": parts.y,
-        }
 
     def _non_finite_report(self, batch_idx: int, student_logits: Tensor, teacher_logits: Tensor, out: Any) -> str:
         parts = [

@@ -24,7 +24,10 @@ def make_module(temperature: float = 4.0, alpha: float = 0.5) -> DistillationMod
 
 
 class Recorder(L.Callback):
-    """Records, per training batch, the loss settings in use and the logged soft loss."""
+    """Records, per training batch, the loss settings in use and the logged soft loss.
+
+    Needs ``log_every_n_steps=1``: the module logs its ``train/`` values on the logging steps only.
+    """
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -70,7 +73,9 @@ def test_temperature_by_epoch_through_a_real_fit(toy_loaders):
     """T goes 8 -> 2 over the fit; the logged value and the T**2-scaled soft loss follow it."""
     train, val = toy_loaders
     recorder = Recorder()
-    trainer = quiet_trainer(max_epochs=5, callbacks=[TemperatureSchedule(8.0, 2.0, kind="linear"), recorder])
+    trainer = quiet_trainer(
+        max_epochs=5, log_every_n_steps=1, callbacks=[TemperatureSchedule(8.0, 2.0, kind="linear"), recorder]
+    )
     trainer.fit(make_module(temperature=4.0), train, val)
     assert recorder.per_epoch("temperature") == pytest.approx([8.0, 6.5, 5.0, 3.5, 2.0])
     assert all(r["logged_temperature"] == r["temperature"] for r in recorder.rows)
@@ -82,7 +87,7 @@ def test_alpha_by_step_through_a_real_fit(toy_loaders):
     train, val = toy_loaders  # 4 batches per epoch, 3 epochs: steps 0..11
     recorder = Recorder()
     schedule = AlphaSchedule(1.0, 0.0, kind="step", interval="step", milestones=[4, 8])
-    trainer = quiet_trainer(max_epochs=3, callbacks=[schedule, recorder])
+    trainer = quiet_trainer(max_epochs=3, log_every_n_steps=1, callbacks=[schedule, recorder])
     trainer.fit(make_module(alpha=0.3), train, val)
     assert [r["step"] for r in recorder.rows] == list(range(12))
     assert [r["alpha"] for r in recorder.rows] == [1.0] * 4 + [0.5] * 4 + [0.0] * 4
@@ -92,7 +97,9 @@ def test_alpha_by_step_through_a_real_fit(toy_loaders):
 def test_step_interval_defaults_to_the_whole_fit(toy_loaders):
     train, val = toy_loaders
     recorder = Recorder()
-    trainer = quiet_trainer(max_epochs=2, callbacks=[TemperatureSchedule(5.0, 1.0, interval="step"), recorder])
+    trainer = quiet_trainer(
+        max_epochs=2, log_every_n_steps=1, callbacks=[TemperatureSchedule(5.0, 1.0, interval="step"), recorder]
+    )
     trainer.fit(make_module(), train, val)
     # 8 steps: duration 7, so the last step uses `end`.
     assert [r["temperature"] for r in recorder.rows] == pytest.approx([5 - 4 * i / 7 for i in range(8)])
@@ -135,7 +142,7 @@ def test_schedule_continues_after_resume(toy_loaders, tmp_path, resumed_max_epoc
 
     recorder = Recorder()
     resumed = TemperatureSchedule(8.0, 2.0, kind="cosine")
-    trainer = quiet_trainer(max_epochs=resumed_max_epochs, callbacks=[resumed, recorder])
+    trainer = quiet_trainer(max_epochs=resumed_max_epochs, log_every_n_steps=1, callbacks=[resumed, recorder])
     trainer.fit(make_module(), train, val, ckpt_path=tmp_path / "last.ckpt")
     expected = [schedule_value("cosine", 8.0, 2.0, epoch, duration=4) for epoch in range(2, resumed_max_epochs)]
     assert recorder.per_epoch("temperature") == pytest.approx(expected)
@@ -150,7 +157,7 @@ def test_a_changed_schedule_on_resume_warns_and_uses_the_new_one(toy_loaders, tm
     )
     trainer.fit(make_module(), train, val)
     recorder = Recorder()
-    trainer = quiet_trainer(max_epochs=3, callbacks=[TemperatureSchedule(3.0), recorder])
+    trainer = quiet_trainer(max_epochs=3, log_every_n_steps=1, callbacks=[TemperatureSchedule(3.0), recorder])
     with pytest.warns(UserWarning, match="differs from this one"):
         trainer.fit(make_module(), train, val, ckpt_path=tmp_path / "last.ckpt")
     assert recorder.per_epoch("temperature") == [3.0]

@@ -4,7 +4,7 @@ from lightning_kd.data.samplers import EpochBatchSampler
 
 
 def flat(sampler):
-    return [i for batch in sampler for i in batch]
+    return [int(i) for batch in sampler for i in batch]
 
 
 def test_each_epoch_is_a_permutation_fixed_by_seed_and_epoch():

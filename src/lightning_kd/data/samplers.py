@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.data import Sampler
 
 __all__ = ["EpochBatchSampler"]
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Yields lists of indices, one per batch, in an order that depends only on (seed, epoch).
+class EpochBatchSampler(Sampler[Tensor]):
+    """Yields index tensors, one per batch, in an order that depends only on (seed, epoch).
 
     Lightning calls :meth:`set_epoch` at the start of every epoch, so a run resumed from a
     checkpoint at epoch ``k`` sees exactly the batches that an uninterrupted run sees from ``k``
@@ -25,7 +26,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     Example:
         >>> sampler = EpochBatchSampler(5, batch_size=2, shuffle=False)
-        >>> list(sampler)
+        >>> [batch.tolist() for batch in sampler]
         [[0, 1], [2, 3], [4]]
     """
 
@@ -40,14 +41,14 @@ class EpochBatchSampler(Sampler[list[int]]):
         """Select the order of epoch ``epoch``."""
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Tensor]:
         if self.shuffle:
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-            order = torch.randperm(self.length, generator=generator).tolist()
+            order = torch.randperm(self.length, generator=generator)
         else:
-            order = list(range(self.length))
-        for start in range(0, self.length, self.batch_size):
-            yield order[start : start + self.batch_size]
+            order = torch.arange(self.length)
+        # Index tensors, not lists: a tensor dataset indexes with them without converting a list.
+        yield from order.split(self.batch_size)
 
     def __len__(self) -> int:
         return (self.length + self.batch_size - 1) // self.batch_size
