@@ -204,11 +204,14 @@ def with_trainer(x, y, teacher, student, batch_size, epochs, mode: str) -> tuple
     return timer.times, extra
 
 
-def child(workload: str, mode: str, epochs: int, warmup: int, threads: int, fashion_samples: int) -> dict:
+def child(
+    workload: str, mode: str, epochs: int, warmup: int, threads: int, fashion_samples: int, batch_size: int = 0
+) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    x, y, teacher, student, batch_size, description = load_workload(workload, fashion_samples)
+    x, y, teacher, student, default_batch_size, description = load_workload(workload, fashion_samples)
+    batch_size = batch_size or default_batch_size
     extra: dict = {}
     if mode.startswith("loop_"):
         times = hand_written(
@@ -249,6 +252,7 @@ def run_child(args: argparse.Namespace, workload: str, mode: str) -> dict:
         f"--warmup={args.warmup}",
         f"--threads={args.threads}",
         f"--fashion-samples={args.fashion_samples}",
+        f"--batch-size={args.batch_size}",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -308,11 +312,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each mode, interleaved; the median is kept")
     parser.add_argument("--fashion-samples", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the workload's (digits 64, fashion 128)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, args.epochs, args.warmup, args.threads, args.fashion_samples)))
+        print(
+            json.dumps(
+                child(*args.child, args.epochs, args.warmup, args.threads, args.fashion_samples, args.batch_size)
+            )
+        )
         return
     workloads = WORKLOADS if args.workload == "all" else [args.workload]
     modes = args.modes.split(",")

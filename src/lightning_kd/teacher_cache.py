@@ -181,8 +181,9 @@ class TeacherOutputCache:
                         directory / "logits.npy", mode="w+", dtype=CACHE_DTYPES[dtype], shape=(num_samples, width)
                     )
                     if top_k is not None:
+                        index_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
                         indices = np.lib.format.open_memmap(
-                            directory / "indices.npy", mode="w+", dtype=np.int32, shape=(num_samples, width)
+                            directory / "indices.npy", mode="w+", dtype=index_dtype, shape=(num_samples, width)
                         )
                 rows = parts.index.cpu().numpy()
                 if top_k is not None:

@@ -125,9 +125,6 @@ class DistillationMonitor(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start()
 
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start()
-
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
@@ -139,16 +136,9 @@ class DistillationMonitor(L.Callback):
     ) -> None:
         self._batch_end(trainer, pl_module, outputs)
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._batch_end(trainer, pl_module, outputs)
+    # Test epochs are measured the same way; only the prefix of the logged names differs.
+    on_test_epoch_start = on_validation_epoch_start
+    on_test_batch_end = on_validation_batch_end
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_end(trainer, pl_module, "val")
