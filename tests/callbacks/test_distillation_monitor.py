@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from kd_testing import quiet_trainer
 from lightning_kd import DistillationLoss, DistillationModule, soft_target_loss
 from lightning_kd.callbacks import DistillationMonitor
-from lightning_kd.callbacks.distillation_monitor import soft_target_entropy
+from lightning_kd.callbacks.distillation_monitor import imbalance_message, soft_target_entropy
 from lightning_kd.losses import DistillationLossOutput, hard_target_loss
 from lightning_kd.models import MLP
 
@@ -167,3 +167,19 @@ def test_a_copy_of_the_teacher_does_not_warn(toy_loaders):
         warnings.filterwarnings("error", message="DistillationMonitor")
         quiet_trainer(max_epochs=1, callbacks=[monitor]).fit(module, train, val)
     assert monitor.last_grad_norms["grad_norm_ratio"] < 1e-2
+
+
+@pytest.mark.parametrize(
+    ("ratio", "kl", "cross_entropy", "expected"),
+    [
+        (1e-3, 0.5, 1.0, "the soft targets are effectively switched off"),  # the T**2 bug
+        (1e-3, 1e-8, 1.0, None),  # a copy of the teacher: nothing left to learn from it
+        (1e3, 0.5, 1.0, "the labels are effectively ignored"),
+        (1e3, 0.5, 1e-5, None),  # the labels are fitted: the hard gradient is rightly tiny
+        (0.5, 0.5, 1.0, None),  # balanced
+    ],
+)
+def test_imbalance_message(ratio, kl, cross_entropy, expected):
+    norms = {"grad_norm_soft": ratio * 0.1, "grad_norm_hard": 0.1, "grad_norm_ratio": ratio}
+    message = imbalance_message(norms, 100.0, kl=kl, cross_entropy=cross_entropy)
+    assert (message is None) if expected is None else (expected in message)

@@ -14,11 +14,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassCalibrationError
 
 from lightning_kd.checks import check_positive_int
-from lightning_kd.losses import soft_target_loss
+from lightning_kd.losses import hard_target_loss, soft_target_loss
 
-__all__ = ["DistillationMonitor", "soft_target_entropy"]
+__all__ = ["DistillationMonitor", "imbalance_message", "soft_target_entropy"]
 
 COPY_KL = 1e-6  # KL(teacher || student) at T = 1 below which the student is a copy of the teacher
+FITTED_CE = 1e-3  # cross-entropy below which the student fits the batch's labels
 
 
 def soft_target_entropy(teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -31,6 +32,38 @@ def soft_target_entropy(teacher_logits: Tensor, temperature: float) -> Tensor:
     """
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def imbalance_message(norms: dict, threshold: float, kl: float, cross_entropy: float) -> Optional[str]:
+    """The warning for gradient norms more than ``threshold`` apart, or ``None`` when there is none.
+
+    A term whose own loss is already about zero has nothing left to teach, and its gradient is
+    rightly small: a student that copies the teacher (``kl``, KL at T = 1, below ``COPY_KL``),
+    or one that fits the batch's labels (``cross_entropy`` below ``FITTED_CE``).
+
+    Example:
+        >>> norms = {"grad_norm_soft": 1e-4, "grad_norm_hard": 0.1, "grad_norm_ratio": 1e-3}
+        >>> "T**2" in imbalance_message(norms, 100.0, kl=0.5, cross_entropy=1.2)
+        True
+        >>> imbalance_message(norms, 100.0, kl=0.0, cross_entropy=1.2) is None
+        True
+    """
+    soft, hard, ratio = norms["grad_norm_soft"], norms["grad_norm_hard"], norms["grad_norm_ratio"]
+    sizes = f"(soft {soft:.3g}, hard {hard:.3g})"
+    if ratio < 1 / threshold and kl > COPY_KL:
+        return (
+            f"the hard term's gradient on the student logits is {1 / ratio:.0f}x the soft term's {sizes}: the "
+            "soft targets are effectively switched off. If the soft loss is not multiplied by T**2, its "
+            "gradient shrinks as 1/T**2: use lightning_kd.losses.soft_target_loss, which includes the factor. "
+            "(Warned once.)"
+        )
+    if ratio > threshold and cross_entropy > FITTED_CE:
+        return (
+            f"the soft term's gradient on the student logits is {ratio:.0f}x the hard term's {sizes} while the "
+            f"labels are not fitted (cross-entropy {cross_entropy:.3g}): the labels are effectively ignored. "
+            "Check the loss's scaling (T**2 applied twice?) and alpha. (Warned once.)"
+        )
+    return None
 
 
 class DistillationMonitor(L.Callback):
@@ -55,8 +88,8 @@ class DistillationMonitor(L.Callback):
     ``1 / T**2``. They are computed on the detached logits that ``training_step`` returns, so
     the network is not run again: the cost is one loss evaluation and backward on a
     ``[batch, classes]`` tensor. If one norm is more than ``imbalance_threshold`` times the
-    other, a warning is given once (not when the student already reproduces the teacher, whose
-    soft gradient is then rightly zero).
+    other, a warning is given once (see :func:`imbalance_message`: not when the smaller term's own
+    loss is already about zero, as for a student that copies the teacher or fits the labels).
 
     Args:
         grad_every_n_steps: Interval, in optimizer steps, of the gradient-norm measurement.
@@ -166,9 +199,18 @@ class DistillationMonitor(L.Callback):
             return
         self.last_grad_norms = norms
         self._log_to_loggers(trainer, {f"train/{name}": value for name, value in norms.items()})
-        # A student that already reproduces the teacher gets no soft gradient, rightly: no warning.
-        if soft_target_loss(outputs["student_logits"], outputs["teacher_logits"], 1.0) > COPY_KL:
-            self._warn_if_unbalanced(trainer, pl_module, norms)
+        if not self._warned:
+            student, teacher, targets = outputs["student_logits"], outputs["teacher_logits"], outputs["targets"]
+            message = imbalance_message(
+                norms,
+                self.imbalance_threshold,
+                kl=float(soft_target_loss(student, teacher, 1.0)),
+                cross_entropy=float(hard_target_loss(student, targets, getattr(pl_module.loss, "ignore_index", -100))),
+            )
+            if message:
+                self._warned = True
+                temperature = getattr(pl_module.loss, "temperature", None)
+                rank_zero_warn(f"DistillationMonitor, step {trainer.global_step} (T={temperature}): {message}")
 
     @staticmethod
     def grad_norms(loss: Any, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Optional[dict]:
@@ -197,19 +239,3 @@ class DistillationMonitor(L.Callback):
         # values on steps that are not on the trainer's log_every_n_steps grid.
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-
-    def _warn_if_unbalanced(self, trainer: L.Trainer, pl_module: L.LightningModule, norms: dict) -> None:
-        ratio = norms["grad_norm_ratio"]
-        if self._warned or 1 / self.imbalance_threshold <= ratio <= self.imbalance_threshold:
-            return
-        self._warned = True
-        temperature = getattr(pl_module.loss, "temperature", None)
-        larger, smaller = ("soft", "hard") if ratio > 1 else ("hard", "soft")
-        factor = ratio if ratio > 1 else 1 / ratio
-        rank_zero_warn(
-            f"DistillationMonitor: at step {trainer.global_step} the {larger} term's gradient on the student "
-            f"logits is {factor:.0f}x the {smaller} term's (soft {norms['grad_norm_soft']:.3g}, hard "
-            f"{norms['grad_norm_hard']:.3g}, T={temperature}). The {smaller} term is effectively switched off. "
-            "If the soft loss is not multiplied by T**2, its gradient shrinks as 1/T**2: use "
-            "lightning_kd.losses.soft_target_loss, which includes the factor. (Warned once.)"
-        )
