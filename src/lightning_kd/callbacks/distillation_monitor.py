@@ -120,6 +120,7 @@ class DistillationMonitor(L.Callback):
     # --- evaluation metrics -----------------------------------------------------------------
 
     def _stage_metrics(self, num_classes: int, device: torch.device) -> nn.ModuleDict:
+        """The metrics, built on ``device`` at the first batch (the class count is known then)."""
         if self._metrics is None or self._metrics["ece"].num_classes != num_classes:
             self._metrics = nn.ModuleDict(
                 {
@@ -127,11 +128,12 @@ class DistillationMonitor(L.Callback):
                     "teacher_ece": MulticlassCalibrationError(num_classes, n_bins=self.n_bins, norm="l1"),
                     "teacher_entropy": MeanMetric(),
                 }
-            )
-        return self._metrics.to(device)
+            ).to(device)
+        return self._metrics
 
-    def _epoch_start(self) -> None:
+    def _epoch_start(self, pl_module: L.LightningModule) -> None:
         if self._metrics is not None:
+            self._metrics.to(pl_module.device)  # once an epoch, not on every batch
             for metric in self._metrics.values():
                 metric.reset()
 
@@ -156,7 +158,7 @@ class DistillationMonitor(L.Callback):
                 pl_module.log(f"{stage}/{name}", metric.compute(), on_step=False, on_epoch=True, sync_dist=False)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start()
+        self._epoch_start(pl_module)
 
     def on_validation_batch_end(
         self,

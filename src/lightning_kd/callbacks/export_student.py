@@ -90,22 +90,19 @@ class ExportStudent(L.Callback):
             raise TypeError(
                 f"ExportStudent needs a module with a `student` (a DistillationModule), got {type(pl_module).__name__}"
             )
-        student, source = self._best_student(trainer, pl_module)
-        self._export(trainer, student, source)
+        self._export(trainer, pl_module)
 
-    @staticmethod
-    def _best_student(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[nn.Module, str]:
+    @rank_zero_only
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.example_input is None:
+            raise RuntimeError("ExportStudent saw no tensor input during training, so it cannot trace the student")
         student = copy.deepcopy(pl_module.student).cpu().eval()
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        source = "final weights"
         if best and Path(best).is_file():
-            return load_student(student, best), best
-        return student, "final weights"
-
-    @rank_zero_only
-    def _export(self, trainer: L.Trainer, student: nn.Module, source: str) -> None:
-        if self.example_input is None:
-            raise RuntimeError("ExportStudent saw no tensor input during training, so it cannot trace the student")
+            load_student(student, best)
+            source = best
         directory = self._free_directory(self.dirpath or Path(trainer.default_root_dir) / "export")
         example = self.example_input.to(next(student.parameters(), torch.empty(0)).dtype)
         with torch.no_grad():
@@ -115,7 +112,6 @@ class ExportStudent(L.Callback):
             files["torchscript"] = self._save_torchscript(student, example, directory / EXPORT_FILES["torchscript"])
         if self.onnx:
             files["onnx"] = self._save_onnx(student, example, directory / EXPORT_FILES["onnx"])
-        checkpoint = trainer.checkpoint_callback
         info = {
             "student_class": f"{type(student).__module__}.{type(student).__qualname__}",
             "num_classes": num_classes,
