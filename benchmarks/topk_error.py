@@ -28,7 +28,7 @@ from distillation_speed import FASHION_ROOT, load_workload  # noqa: E402
 
 from lightning_kd import soft_target_loss  # noqa: E402
 from lightning_kd.data import IndexedDataset  # noqa: E402
-from lightning_kd.teacher_cache import TeacherOutputCache  # noqa: E402
+from lightning_kd.teacher_outputs import TeacherOutputCache  # noqa: E402
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:

@@ -1,28 +1,28 @@
 """``ClassifierModule``: trains one network with plain cross-entropy.
 
 Used to train a teacher, and to train a student from scratch as the baseline that
-distillation must beat. It shares the batch convention, optimizer factories and metric names
-of :class:`~lightning_kd.module.DistillationModule`.
+distillation must beat. It shares the batch convention, optimizer factories, metric names and
+step outputs of :class:`~lightning_kd.module.DistillationModule` (see
+:class:`~lightning_kd.base.LightningKDModule`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-import lightning as L
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_kd.base import LightningKDModule, check_module, infer_num_classes
 from lightning_kd.batch import split_batch
+from lightning_kd.contract import StepOutput
 from lightning_kd.losses import hard_target_loss
-from lightning_kd.metrics import ResetMetricsOnEvaluationStart, loggers_write_this_step, stage_metrics
-from lightning_kd.module import check_module, infer_num_classes
-from lightning_kd.optim import OptimizerFactory, SchedulerFactory, check_factory, configure_optimizers
+from lightning_kd.metrics import loggers_write_this_step, stage_metrics
+from lightning_kd.optim import OptimizerFactory, SchedulerFactory
 
 __all__ = ["ClassifierModule"]
 
 
-class ClassifierModule(ResetMetricsOnEvaluationStart, L.LightningModule):
+class ClassifierModule(LightningKDModule):
     """Supervised training of ``model`` with cross-entropy.
 
     Logs ``train/loss``, and ``loss`` and ``acc`` for ``val`` and ``test``. Checkpoints keep the
@@ -48,13 +48,8 @@ class ClassifierModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         lr_scheduler: Optional[SchedulerFactory] = None,
         num_classes: Optional[int] = None,
     ):
-        super().__init__()
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, num_classes=num_classes)
         self.model = check_module("model", model)
-        check_factory("optimizer", optimizer, "the model's parameters")
-        check_factory("lr_scheduler", lr_scheduler, "the optimizer")
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
-        self.num_classes = num_classes
         self.metrics = stage_metrics(["loss", "acc"])
         self.save_hyperparameters(
             {"num_classes": num_classes, "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
@@ -64,6 +59,9 @@ class ClassifierModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         """The model's logits."""
         return self.model(x)
 
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return self.model.parameters()
+
     def _labeled(self, batch: Any) -> tuple[Tensor, Tensor]:
         parts = split_batch(batch)
         if parts.y is None:
@@ -72,31 +70,20 @@ class ClassifierModule(ResetMetricsOnEvaluationStart, L.LightningModule):
         infer_num_classes(self, logits)
         return logits, parts.y
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> StepOutput:
         logits, y = self._labeled(batch)
         loss = hard_target_loss(logits, y)
         if loggers_write_this_step(self):
             self.log("train/loss", loss, batch_size=logits.shape[0])
-        return loss
+        return StepOutput(loss=loss, student_logits=logits.detach(), targets=y)
 
-    def _evaluate(self, batch: Any, stage: str) -> None:
+    def _evaluate(self, batch: Any, stage: str) -> StepOutput:
         logits, y = self._labeled(batch)
-        metrics = self.metrics[stage]
-        metrics["acc"].update((logits.argmax(dim=-1) == y).float())
-        metrics["loss"].update(hard_target_loss(logits, y), weight=logits.shape[0])
-        for name in ("acc", "loss"):
-            self.log(f"{stage}/{name}", metrics[name], on_step=False, on_epoch=True, batch_size=logits.shape[0])
+        self.update_and_log(stage, self.supervised_values(logits, y), logits.shape[0])
+        return StepOutput(student_logits=logits, targets=y)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> StepOutput:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        """Return ``{"probs": softmax(logits), "preds": argmax}``."""
-        logits = self.model(split_batch(batch).x)
-        return {"probs": F.softmax(logits.float(), dim=-1), "preds": logits.argmax(dim=-1)}
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self.model.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+    def test_step(self, batch: Any, batch_idx: int) -> StepOutput:
+        return self._evaluate(batch, "test")

@@ -16,7 +16,8 @@ def loggers_write_this_step(module: L.LightningModule) -> bool:
 
     Per-step ``train/`` values logged on other steps are dropped, and Lightning's ``self.log``
     costs about 1 ms a value on a CPU (Lightning 2.6), more than a small student's whole step:
-    the modules skip it there. Outside a ``Trainer`` it is always ``True``.
+    the modules skip it there. The decision is Lightning's own, read as its callbacks
+    (``LearningRateMonitor``) read it. Outside a ``Trainer`` it is always ``True``.
 
     Example:
         >>> from lightning_kd import ClassifierModule
@@ -24,12 +25,11 @@ def loggers_write_this_step(module: L.LightningModule) -> bool:
         >>> loggers_write_this_step(ClassifierModule(MLP(4, 2)))
         True
     """
-    trainer = module._trainer
-    if trainer is None:
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # not attached to a Trainer
         return True
-    every = trainer.log_every_n_steps
-    # As Lightning decides: the step about to be taken is global_step + 1.
-    return every > 0 and ((module.global_step + 1) % every == 0 or trainer.should_stop)
+    return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
 
 
 def stage_metrics(names: Iterable[str], stages: Iterable[str] = ("val", "test")) -> nn.ModuleDict:

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kd_testing import BatchNormDropoutNet, quiet_trainer
 from lightning_kd import DistillationLoss, DistillationModule
-from lightning_kd.callbacks import CacheTeacherOutputs, TeacherCacheMismatchError
+from lightning_kd.callbacks import CacheTeacherOutputs, TeacherOutputMismatchError
 from lightning_kd.data import IndexedDataset
 from lightning_kd.data.samplers import EpochBatchSampler
 from lightning_kd.models import MLP
@@ -128,10 +128,10 @@ def test_the_guard_stops_training_on_augmented_inputs(tmp_path):
     x, y = toy_data()
     loader = DataLoader(IndexedDataset(NoisyDataset(x, y)), batch_size=16, shuffle=True)
     cache = CacheTeacherOutputs(dirpath=tmp_path / "cache", dataset_id="noisy-toy")
-    with pytest.raises(TeacherCacheMismatchError, match=r"epoch 0, sample index \d+.*vary between epochs"):
+    with pytest.raises(TeacherOutputMismatchError, match=r"epoch 0, sample index \d+.*vary between epochs"):
         fit(make_module(), loader, tmp_path, cache)
-    message = str(pytest.raises(TeacherCacheMismatchError, fit, make_module(), loader, tmp_path, cache).value)
-    assert "distill.cache_teacher=false" in message
+    message = str(pytest.raises(TeacherOutputMismatchError, fit, make_module(), loader, tmp_path, cache).value)
+    assert "distill/teacher_outputs=live" in message
 
 
 def test_top_k_trains_and_checks_the_stored_logits(tmp_path):

@@ -186,10 +186,10 @@ def test_onnx_torchscript_and_torch_export_can_be_turned_off(toy_loaders, tmp_pa
     assert info["load"] == "student.load_state_dict(torch.load('student.pt', weights_only=True))"
 
 
-def test_a_module_without_a_student_is_refused(toy_loaders, tmp_path):
+def test_a_module_that_is_not_distillable_is_refused_at_setup(toy_loaders, tmp_path):
     from lightning_kd import ClassifierModule
 
     train, val = toy_loaders
     trainer = quiet_trainer(max_epochs=1, callbacks=[ExportStudent(tmp_path)])
-    with pytest.raises(TypeError, match="needs a module with a `student`.*got ClassifierModule"):
+    with pytest.raises(TypeError, match="ExportStudent needs a DistillableModule.*got ClassifierModule"):
         trainer.fit(ClassifierModule(MLP(8, 3)), train, val)

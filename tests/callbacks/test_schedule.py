@@ -10,7 +10,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kd_testing import quiet_trainer
-from lightning_kd import ClassifierModule, DistillationLoss, DistillationModule, soft_target_loss
+from lightning_kd import (
+    ClassifierModule,
+    DistillationLoss,
+    DistillationLossOutput,
+    DistillationModule,
+    soft_target_loss,
+)
 from lightning_kd.callbacks import AlphaSchedule, TemperatureSchedule
 from lightning_kd.callbacks.schedule import schedule_value
 from lightning_kd.models import MLP
@@ -181,11 +187,22 @@ def test_bad_settings_are_refused(make, match):
         make()
 
 
-def test_a_module_without_a_distillation_loss_is_refused(toy_loaders):
+def test_a_module_that_is_not_distillable_is_refused(toy_loaders):
     train, val = toy_loaders
     trainer = quiet_trainer(max_epochs=1, callbacks=[TemperatureSchedule(4.0)])
-    with pytest.raises(TypeError, match="ClassifierModule.loss .* has no such attribute"):
+    with pytest.raises(TypeError, match="TemperatureSchedule needs a DistillableModule.*got ClassifierModule"):
         trainer.fit(ClassifierModule(MLP(8, 3)), train, val)
+
+
+def test_a_loss_without_a_temperature_is_refused(toy_loaders):
+    def mse_only(student_logits, teacher_logits, targets):
+        loss = torch.nn.functional.mse_loss(student_logits, teacher_logits)
+        return DistillationLossOutput(loss, loss, None)
+
+    train, val = toy_loaders
+    trainer = quiet_trainer(max_epochs=1, callbacks=[TemperatureSchedule(4.0)])
+    with pytest.raises(TypeError, match=r"DistillationModule.loss \(function\) has no such attribute"):
+        trainer.fit(DistillationModule(MLP(8, 3), MLP(8, 3), loss=mse_only), train, val)
 
 
 def test_an_open_ended_fit_needs_a_duration(toy_loaders):

@@ -6,7 +6,7 @@ Example:
 """
 
 from lightning_kd.callbacks.alpha_schedule import AlphaSchedule
-from lightning_kd.callbacks.cache_teacher_outputs import CacheTeacherOutputs, TeacherCacheMismatchError
+from lightning_kd.callbacks.cache_teacher_outputs import CacheTeacherOutputs, TeacherOutputMismatchError
 from lightning_kd.callbacks.distillation_monitor import DistillationMonitor
 from lightning_kd.callbacks.export_student import ExportStudent
 from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
@@ -17,7 +17,7 @@ __all__ = [
     "CacheTeacherOutputs",
     "DistillationMonitor",
     "ExportStudent",
-    "TeacherCacheMismatchError",
+    "TeacherOutputMismatchError",
     "TemperatureSchedule",
 ]
 

@@ -13,10 +13,11 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 from lightning_kd.batch import split_batch
 from lightning_kd.checks import check_positive_int
 from lightning_kd.data.indexed import IndexedDataset
-from lightning_kd.fingerprint import dataset_fingerprint, module_fingerprint
-from lightning_kd.teacher_cache import CACHE_DTYPES, TOPK_FILL, TeacherOutputCache, cache_fingerprint
+from lightning_kd.distillable import DistillableModule, require_distillable
+from lightning_kd.fingerprint import dataset_fingerprint
+from lightning_kd.teacher_outputs import CACHE_DTYPES, TOPK_FILL, TeacherOutputCache, cache_fingerprint
 
-__all__ = ["CacheTeacherOutputs", "TeacherCacheMismatchError"]
+__all__ = ["CacheTeacherOutputs", "TeacherOutputMismatchError"]
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 TOLERANCES = {"float16": (2e-3, 2e-3), "float32": (1e-4, 1e-5)}
 
 
-class TeacherCacheMismatchError(RuntimeError):
+class TeacherOutputMismatchError(RuntimeError):
     """The cached teacher outputs differ from a live teacher forward on the same samples."""
 
 
@@ -34,22 +35,23 @@ class CacheTeacherOutputs(L.Callback):
 
     Before the first epoch it computes the teacher's logits for every training sample, in one
     pass with a progress bar, and stores them memory-mapped in ``dirpath`` (see
-    :class:`~lightning_kd.teacher_cache.TeacherOutputCache`). Training steps then read them by
+    :class:`~lightning_kd.teacher_outputs.TeacherOutputCache`). Training steps then read them by
     sample index instead of running the teacher. The training dataset must yield the index:
     wrap it in :class:`~lightning_kd.data.IndexedDataset` (``TensorDataModule(with_index=True)``
     does). Validation and test still run the teacher, at ``T = 1``.
 
     A cache is reused by later runs when its fingerprint matches: a hash of the teacher's
-    weights, the dataset's identity and length, and the storage settings; anything else
-    rebuilds it. It is written atomically.
+    identity (the module's ``teacher_fingerprint()``, the same on every rank and computed on the
+    full teacher under FSDP), the dataset's identity and length, and the storage settings;
+    anything else rebuilds it. It is written atomically.
 
     Cached logits are wrong if the inputs change from epoch to epoch (random crops, flips,
     noise). At the start of each of the first ``verify_epochs`` epochs, the first
     ``verify_batches`` (shuffled, so random) batches are checked against a live teacher forward;
-    a mismatch beyond the storage's rounding raises :class:`TeacherCacheMismatchError`.
+    a mismatch beyond the storage's rounding raises :class:`TeacherOutputMismatchError`.
 
     Args:
-        dirpath: Folder of the caches; ``<trainer.default_root_dir>/teacher_cache`` when ``None``.
+        dirpath: Folder of the caches; ``<trainer.default_root_dir>/teacher_outputs`` when ``None``.
         dtype: ``"float16"`` (default, half the size) or ``"float32"`` (exact).
         top_k: Keep only the ``k`` largest logits per sample (for many classes); the soft loss
             then uses the teacher distribution renormalised over those ``k`` classes.
@@ -61,7 +63,7 @@ class CacheTeacherOutputs(L.Callback):
 
     Example:
         >>> from lightning_kd.callbacks import CacheTeacherOutputs
-        >>> CacheTeacherOutputs(dirpath="teacher_cache", dtype="float16").dtype
+        >>> CacheTeacherOutputs(dirpath="teacher_outputs", dtype="float16").dtype
         'float16'
     """
 
@@ -93,8 +95,8 @@ class CacheTeacherOutputs(L.Callback):
         self.built = False  # whether this fit computed the cache (False: reused)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and not hasattr(pl_module, "teacher_cache"):
-            raise TypeError(f"CacheTeacherOutputs needs a DistillationModule, got {type(pl_module).__name__}")
+        if stage == "fit":
+            require_distillable(type(self).__name__, pl_module)
         if stage == "fit" and self.top_k is not None and getattr(pl_module.loss, "objective", "kl") != "kl":
             raise ValueError(
                 f"top_k={self.top_k} needs the KL soft loss (objective='kl'); logit matching needs every logit"
@@ -110,28 +112,32 @@ class CacheTeacherOutputs(L.Callback):
                 f"got {type(dataset).__name__}"
             )
         identity = self.dataset_id or dataset_fingerprint(dataset)
-        fingerprint = cache_fingerprint(module_fingerprint(pl_module.teacher), identity, self.dtype, self.top_k)
-        root = self.dirpath or Path(trainer.default_root_dir) / "teacher_cache"
+        fingerprint = cache_fingerprint(pl_module.teacher_fingerprint(), identity, self.dtype, self.top_k)
+        root = self.dirpath or Path(trainer.default_root_dir) / "teacher_outputs"
         self.built = False
-        if trainer.is_global_zero and TeacherOutputCache.open(root, fingerprint) is None:
-            TeacherOutputCache.build(
-                pl_module.teacher,
-                self._build_batches(dataset, loader),
-                root,
-                fingerprint,
-                num_samples=len(dataset),
-                dtype=self.dtype,
-                top_k=self.top_k,
-                device=pl_module.device,
-                progress=trainer.progress_bar_callback is not None,
-            )
-            self.built = True
-        trainer.strategy.barrier("teacher_cache")  # the other ranks wait for rank 0's cache
+        missing = trainer.strategy.broadcast(TeacherOutputCache.open(root, fingerprint) is None, src=0)
+        if missing:
+            # Every rank enters: gathering a sharded (FSDP) teacher is a collective; rank 0 writes.
+            with pl_module.full_teacher():
+                if trainer.is_global_zero:
+                    TeacherOutputCache.build(
+                        pl_module.teacher_logits,
+                        self._build_batches(dataset, loader),
+                        root,
+                        fingerprint,
+                        num_samples=len(dataset),
+                        dtype=self.dtype,
+                        top_k=self.top_k,
+                        device=pl_module.device,
+                        progress=trainer.progress_bar_callback is not None,
+                    )
+                    self.built = True
+        trainer.strategy.barrier("teacher_outputs")  # the other ranks wait for rank 0's cache
         self.cache = TeacherOutputCache.open(root, fingerprint)
         if self.cache is None:
             raise FileNotFoundError(f"no teacher cache with fingerprint {fingerprint[:16]} under {root}")
         self._report(self.cache)
-        pl_module.teacher_cache = self.cache
+        pl_module.teacher_outputs = self.cache
 
     @rank_zero_only
     def _report(self, cache: TeacherOutputCache) -> None:
@@ -169,16 +175,17 @@ class CacheTeacherOutputs(L.Callback):
         if excess.max() > 0:
             row = int(excess.max(dim=-1).values.argmax())
             difference = float((live - cached).abs().masked_fill(~kept, 0)[row].max())
-            raise TeacherCacheMismatchError(
+            raise TeacherOutputMismatchError(
                 f"the cached teacher outputs differ from a live teacher forward at epoch {trainer.current_epoch}, "
                 f"sample index {int(parts.index[row])}: max |difference| {difference:.3g} > {self.dtype} tolerance. "
                 "The training inputs vary between epochs (random augmentation?), so teacher outputs cannot be cached: "
-                "turn the cache off (distill.cache_teacher=false in kd-train, or drop the CacheTeacherOutputs callback)"
+                "turn the cache off (distill/teacher_outputs=live in kd-train, or drop the CacheTeacherOutputs "
+                "callback)"
             )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and hasattr(pl_module, "teacher_cache"):
-            pl_module.teacher_cache = None
+        if stage == "fit" and isinstance(pl_module, DistillableModule):
+            pl_module.teacher_outputs = None
 
 
 def _sampler_batch_size(loader: DataLoader) -> Optional[int]:

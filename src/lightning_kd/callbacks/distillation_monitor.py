@@ -14,6 +14,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassCalibrationError
 
 from lightning_kd.checks import check_positive_int
+from lightning_kd.contract import flat_positions, step_output
+from lightning_kd.distillable import require_distillable
 from lightning_kd.losses import hard_target_loss, soft_target_loss
 
 __all__ = ["DistillationMonitor", "imbalance_message", "soft_target_entropy"]
@@ -137,10 +139,14 @@ class DistillationMonitor(L.Callback):
             for metric in self._metrics.values():
                 metric.reset()
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_distillable(type(self).__name__, pl_module)
+
     def _batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any) -> None:
-        if trainer.sanity_checking or not isinstance(outputs, dict) or "teacher_logits" not in outputs:
+        output = step_output(outputs)
+        if trainer.sanity_checking or output is None or output.get("teacher_logits") is None:
             return
-        student, teacher, targets = outputs["student_logits"], outputs["teacher_logits"], outputs.get("targets")
+        student, teacher, targets = flat_positions(output)
         metrics = self._stage_metrics(student.shape[-1], student.device)
         temperature = float(getattr(pl_module.loss, "temperature", 1.0))
         metrics["teacher_entropy"].update(soft_target_entropy(teacher, temperature))
@@ -186,23 +192,22 @@ class DistillationMonitor(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not isinstance(outputs, dict) or outputs.get("targets") is None or "student_logits" not in outputs:
+        output = step_output(outputs)
+        if output is None or output.get("targets") is None or output.get("teacher_logits") is None:
             return  # an unlabeled batch has no hard term to compare with
         step = trainer.global_step  # already counts this batch's optimizer step
         if (step - 1) % self.grad_every_n_steps != 0 or step == self._last_step:  # steps 1, 1 + n, ...
             return
         self._last_step = step  # once per step, also with gradient accumulation
         started = time.perf_counter()
-        norms = self.grad_norms(
-            pl_module.loss, outputs["student_logits"], outputs["teacher_logits"], outputs["targets"]
-        )
+        student, teacher, targets = output["student_logits"], output["teacher_logits"], output["targets"]
+        norms = self.grad_norms(pl_module.loss, student, teacher, targets)
         self.grad_norm_seconds += time.perf_counter() - started
         if norms is None:
             return
         self.last_grad_norms = norms
         self._log_to_loggers(trainer, {f"train/{name}": value for name, value in norms.items()})
         if not self._warned:
-            student, teacher, targets = outputs["student_logits"], outputs["teacher_logits"], outputs["targets"]
             message = imbalance_message(
                 norms,
                 self.imbalance_threshold,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lightning_kd.batch import split_batch
 from lightning_kd.checkpoint import student_state_dict
+from lightning_kd.distillable import require_distillable
 from lightning_kd.files import atomic_write, save_json, save_torch
 
 __all__ = ["EXPORT_FILES", "ExportStudent", "materialize_student"]
@@ -95,11 +96,11 @@ class ExportStudent(L.Callback):
             if isinstance(x, Tensor):
                 self.example_input = x[:1].detach().cpu().clone()
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            require_distillable(type(self).__name__, pl_module)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "student"):
-            raise TypeError(
-                f"ExportStudent needs a module with a `student` (a DistillationModule), got {type(pl_module).__name__}"
-            )
         if self.example_input is None:
             raise RuntimeError("ExportStudent saw no tensor input during training, so it cannot trace the student")
         checkpoint = trainer.checkpoint_callback

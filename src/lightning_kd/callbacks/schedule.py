@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_kd.checks import check_positive_int
+from lightning_kd.distillable import require_distillable
 
 __all__ = ["INTERVALS", "KINDS", "ParameterSchedule", "schedule_value"]
 
@@ -120,8 +121,10 @@ class ParameterSchedule(L.Callback):
     # --- hooks ------------------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        loss = getattr(pl_module, "loss", None)
-        if stage == "fit" and not hasattr(loss, self.attribute):
+        if stage != "fit":
+            return
+        loss = require_distillable(type(self).__name__, pl_module).loss
+        if not hasattr(loss, self.attribute):
             raise TypeError(
                 f"{type(self).__name__} sets `{self.attribute}` on the module's `loss`, but "
                 f"{type(pl_module).__name__}.loss ({type(loss).__name__}) has no such attribute; "

@@ -13,7 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 
 from lightning_kd import soft_target_loss
 from lightning_kd.data import IndexedDataset
-from lightning_kd.teacher_cache import TOPK_FILL, TeacherOutputCache
+from lightning_kd.teacher_outputs import TOPK_FILL, TeacherOutputCache
 
 
 def sequential_batches(dataset, batch_size: int = 16) -> DataLoader:
@@ -108,7 +108,7 @@ def test_a_killed_build_leaves_no_usable_cache(tmp_path):
         import os, signal, torch
         from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
         from lightning_kd.data import IndexedDataset
-        from lightning_kd.teacher_cache import TeacherOutputCache
+        from lightning_kd.teacher_outputs import TeacherOutputCache
 
         class DyingTeacher(torch.nn.Linear):
             calls = 0

@@ -1,4 +1,4 @@
-"""``TeacherOutputCache``: the teacher's logits for every training sample, on disk, memory-mapped.
+"""``TeacherOutputCache``: the teacher's outputs (logits) for every training sample, on disk, memory-mapped.
 
 Offline distillation: when the training inputs are the same in every epoch, the teacher's
 outputs are too, so they are computed once and read back by sample index instead of running
@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ class TeacherOutputCache:
     @classmethod
     def build(
         cls,
-        teacher: nn.Module,
+        teacher: Callable[[Any], Tensor],
         batches: Iterable[Any],
         root: Union[str, os.PathLike],
         fingerprint: str,
@@ -122,6 +122,9 @@ class TeacherOutputCache:
         progress: bool = True,
     ) -> TeacherOutputCache:
         """Run ``teacher`` once over ``batches`` (dicts with ``"x"`` and ``"index"``) and store its logits.
+
+        ``teacher`` is a module (run in eval mode) or any callable returning logits, such as
+        ``DistillationModule.teacher_logits``.
 
         Every index in ``[0, num_samples)`` must appear; the cache is renamed into
         ``root/teacher-<fingerprint>`` only when all rows are written.
@@ -149,7 +152,7 @@ class TeacherOutputCache:
 
     @staticmethod
     def _write_arrays(
-        teacher: nn.Module,
+        teacher: Callable[[Any], Tensor],
         batches: Iterable[Any],
         directory: Path,
         num_samples: int,
@@ -160,8 +163,9 @@ class TeacherOutputCache:
     ) -> dict[str, Any]:
         values = indices = None
         written = np.zeros(num_samples, dtype=bool)
-        was_training = teacher.training
-        teacher.eval()
+        was_training = isinstance(teacher, nn.Module) and teacher.training
+        if was_training:
+            teacher.eval()
         if progress:
             from tqdm.auto import tqdm
 
@@ -194,7 +198,8 @@ class TeacherOutputCache:
                     values[rows] = logits.cpu().numpy()
                 written[rows] = True
         finally:
-            teacher.train(was_training)
+            if was_training:
+                teacher.train()
         if values is None or not written.all():
             missing = int((~written).sum())
             raise ValueError(
