@@ -56,7 +56,7 @@ def compose_train(tmp_path: Path, *overrides: str) -> DictConfig:
             "train",
             overrides=[
                 f"paths.output_dir={tmp_path / 'run'}",
-                f"paths.teacher_cache={tmp_path / 'teachers'}",
+                f"paths.trained_teachers={tmp_path / 'teachers'}",
                 "logger=none",
                 *overrides,
             ],

@@ -72,10 +72,10 @@ def test_multirun_writes_metrics_per_run_and_kd_report_aggregates_them(tmp_path,
         "-m",
         "stage=distill",
         "trainer=debug",
-        "distill.temperature=2,4",
+        "distill.loss.temperature=2,4",
         "seed=0",
         f"hydra.sweep.dir={sweep}",
-        f"paths.teacher_cache={tmp_path / 'teachers'}",
+        f"paths.trained_teachers={tmp_path / 'teachers'}",
         cwd=elsewhere,
     )
     assert result.returncode == 0, result.stderr
@@ -95,8 +95,8 @@ def test_multirun_writes_metrics_per_run_and_kd_report_aggregates_them(tmp_path,
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["distill.temperature=-1"], "temperature must be finite and > 0, got -1"),
-        (["distill.alpha=1.5"], "alpha must be in [0, 1] (it weights the soft term), got 1.5"),
+        (["distill.loss.temperature=-1"], "temperature must be finite and > 0, got -1"),
+        (["distill.loss.alpha=1.5"], "alpha must be in [0, 1] (it weights the soft term), got 1.5"),
         (["data=nonexistent"], "Could not find 'data/nonexistent'"),
         (["stage=student", "data=fashion_mnist", "data.root=/nonexistent"], "Fashion-MNIST file not found"),
     ],

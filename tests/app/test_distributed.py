@@ -26,10 +26,10 @@ def test_two_process_ddp_run_makes_one_folder_and_whole_dataset_metrics(tmp_path
         "trainer=ddp",
         "trainer.devices=2",
         "trainer.max_epochs=2",
-        "teacher.max_epochs=2",
+        "teacher.train.max_epochs=2",
         "logger=none",
-        "distill.cache_teacher=true",  # rank 0 builds the teacher-output cache, rank 1 waits and reads it
-        f"paths.teacher_cache={cache}",
+        "distill/teacher_outputs=cached",  # rank 0 builds the teacher-output cache, rank 1 waits and reads it
+        f"paths.trained_teachers={cache}",
         f"hydra.run.dir={run_dir}",
         cwd=elsewhere,
     )
@@ -40,7 +40,7 @@ def test_two_process_ddp_run_makes_one_folder_and_whole_dataset_metrics(tmp_path
     assert list(elsewhere.iterdir()) == []  # rank 1 made no folder of its own
     assert (run_dir / "train_ddp_process_1.log").is_file()
     assert sorted(p.name for p in run_dir.glob("export*")) == ["export"]  # one process exported
-    assert len(list((run_dir / "teacher_cache").iterdir())) == 1  # one complete cache, no leftovers
+    assert len(list((run_dir / "teacher_outputs").iterdir())) == 1  # one complete store, no leftovers
 
     # The 2-process test metrics equal a 1-process evaluation of the same weights on the same data.
     reported = json.loads((run_dir / "metrics.json").read_text())["test"]

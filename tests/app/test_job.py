@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import InstantiationException
 
 from kd_testing import compose_train
 from lightning_kd.app.errors import ConfigError
@@ -30,33 +29,94 @@ def test_supervised_stages_train_save_and_report(tmp_path, stage):
     monitored = run(cfg)
     metrics = read_metrics(cfg)
     assert metrics["stage"] == stage and metrics["dataset"] == "digits"
-    assert metrics["monitor"] == {"name": "val/acc", "value": monitored}
+    assert metrics["monitor"] == {"name": "val/acc", "mode": "max", "value": monitored}
     assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
     network = MLP(64, 10, hidden=(1200, 1200), dropout=0.3) if stage == "teacher" else MLP(64, 10, hidden=(30, 30))
     network.load_state_dict(torch.load(tmp_dir(cfg) / f"{stage}.pt", weights_only=True))
     assert metrics["params"][stage] == sum(p.numel() for p in network.parameters())
 
 
-def test_distill_trains_a_teacher_once_then_reuses_it(tmp_path, caplog):
-    cfg = compose_train(tmp_path, "stage=distill", "trainer=debug", "distill.temperature=3", "distill.alpha=0.7")
+ONE_EPOCH = ("stage=distill", "trainer.max_epochs=1", "teacher.train.max_epochs=1")
+
+
+def test_distill_trains_a_teacher_once_stores_its_recipe_then_reuses_it(tmp_path, caplog):
+    cfg = compose_train(tmp_path, *ONE_EPOCH, "distill.loss.temperature=3", "distill.loss.alpha=0.7")
     run(cfg)
-    cached = list((tmp_path / "teachers").glob("digits-mlp-*.pt"))
-    assert len(cached) == 1
+    stored = list((tmp_path / "teachers").glob("digits-mlp-*.pt"))
+    assert len(stored) == 1
+    recipe = json.loads(stored[0].with_suffix(".json").read_text())
+    assert recipe["recipe"]["trainer"]["max_epochs"] == 1 and recipe["recipe"]["seed"] == 0
+    assert recipe["recipe"]["net"]["_target_"] == "lightning_kd.models.MLP"
+    assert stored[0].stem.endswith(recipe["recipe_hash"])
     first = read_metrics(cfg)
     assert first["stage"] == "distill"
-    assert first["distill"] == {"temperature": 3.0, "alpha": 0.7, "objective": "kl", "cache_teacher": False}
-    assert first["teacher"]["source"] == str(cached[0])
+    assert first["distill"] == {"temperature": 3.0, "alpha": 0.7, "objective": "kl", "teacher_outputs": "live"}
+    assert first["teacher"]["source"] == str(stored[0])
     assert first["params"]["teacher"] > 100 * first["params"]["student"]
     assert set(first["latency_ms"]) == {"student", "teacher"}
     assert (tmp_dir(cfg) / "student.pt").is_file()
 
     caplog.set_level(logging.INFO, logger="lightning_kd")
-    again = compose_train(
-        tmp_path / "again", "stage=distill", "trainer=debug", f"paths.teacher_cache={tmp_path / 'teachers'}"
-    )
+    again = compose_train(tmp_path / "again", *ONE_EPOCH, f"paths.trained_teachers={tmp_path / 'teachers'}")
     run(again)
-    assert any("teacher reused from" in r.getMessage() for r in caplog.records)
+    reused = [r.getMessage() for r in caplog.records if "teacher reused from" in r.getMessage()]
+    assert len(reused) == 1 and f"recipe {stored[0].with_suffix('.json')}" in reused[0]
+    assert "max_epochs=1" in reused[0]
     assert not (tmp_dir(again) / "teacher").exists()  # nothing trained this time
+
+
+def test_a_one_batch_teacher_is_never_reused_by_a_real_run(tmp_path, caplog):
+    """`kd-train trainer=debug` then a plain run: the plain run must not distil from a one-batch teacher."""
+    teachers = f"paths.trained_teachers={tmp_path / 'teachers'}"
+    debug = compose_train(tmp_path / "debug", "stage=distill", "trainer=debug", teachers)
+    run(debug)
+    assert not (tmp_path / "teachers").exists()  # trained for that run only
+    assert (tmp_dir(debug) / "teacher" / "teacher.pt").is_file()
+    assert read_metrics(debug)["teacher"]["source"] == str(tmp_dir(debug) / "teacher" / "teacher.pt")
+
+    caplog.set_level(logging.INFO, logger="lightning_kd")
+    real = compose_train(tmp_path / "real", *ONE_EPOCH, teachers)
+    run(real)
+    assert not any("teacher reused" in r.getMessage() for r in caplog.records)
+    assert (tmp_dir(real) / "teacher" / "teacher.pt").is_file()  # trained its own
+
+
+def test_the_teacher_recipe_covers_what_changes_training_and_nothing_else(tmp_path):
+    from lightning_kd.app.trained_teachers import partial_training, teacher_recipe, teacher_recipe_hash
+
+    def key(*overrides):
+        return teacher_recipe_hash(teacher_recipe(compose_train(tmp_path, *overrides)))
+
+    base = key()
+    for changed in (
+        "trainer.max_steps=100",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.precision=bf16-mixed",
+        "trainer.gradient_clip_val=1.0",
+        "trainer.limit_val_batches=0.5",
+        "teacher.train.max_epochs=3",
+        "teacher.train.seed=1",
+        "teacher=cnn",
+        "data.batch_size=32",
+        "optimizer.lr=0.01",
+        "lr_scheduler=step",
+        "monitor_mode=min",
+    ):
+        assert key(changed) != base, changed
+    for unchanged in (
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=true",
+        "seed=5",
+        "student=mlp_medium",
+    ):
+        assert key(unchanged) == base, unchanged
+    assert partial_training(teacher_recipe(compose_train(tmp_path, "trainer=debug"))["trainer"]) == (
+        "trainer.fast_dev_run=True"
+    )
+    assert partial_training(teacher_recipe(compose_train(tmp_path, "trainer.limit_train_batches=3"))["trainer"]) == (
+        "trainer.limit_train_batches=3"
+    )
+    assert partial_training(teacher_recipe(compose_train(tmp_path))["trainer"]) is None
 
 
 def test_distill_from_a_lightning_checkpoint_and_from_a_state_dict(tmp_path):
@@ -68,7 +128,7 @@ def test_distill_from_a_lightning_checkpoint_and_from_a_state_dict(tmp_path):
     for path in (lightning_ckpt, state_dict):
         # One step, but the teacher is evaluated on the whole test set (fast_dev_run would use one batch).
         overrides = ("trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
-        cfg = compose_train(tmp_path / path.stem, "stage=distill", *overrides, f"teacher.checkpoint={path}")
+        cfg = compose_train(tmp_path / path.stem, "stage=distill", *overrides, f"teacher.train.checkpoint={path}")
         run(cfg)
         metrics = read_metrics(cfg)
         assert metrics["teacher"]["source"] == str(path)
@@ -80,7 +140,7 @@ def test_distill_from_a_lightning_checkpoint_and_from_a_state_dict(tmp_path):
 def test_mismatched_teacher_checkpoint_names_path_and_keys(tmp_path):
     path = tmp_path / "small.pt"
     torch.save(MLP(64, 10, hidden=(30, 30)).state_dict(), path)
-    cfg = compose_train(tmp_path, "stage=distill", "trainer=debug", f"teacher.checkpoint={path}")
+    cfg = compose_train(tmp_path, "stage=distill", "trainer=debug", f"teacher.train.checkpoint={path}")
     with pytest.raises(ConfigError) as error:
         run(cfg)
     message = str(error.value)
@@ -90,7 +150,9 @@ def test_mismatched_teacher_checkpoint_names_path_and_keys(tmp_path):
 
 
 def test_missing_teacher_checkpoint_names_the_path(tmp_path):
-    cfg = compose_train(tmp_path, "stage=distill", "trainer=debug", f"teacher.checkpoint={tmp_path / 'nope.ckpt'}")
+    cfg = compose_train(
+        tmp_path, "stage=distill", "trainer=debug", f"teacher.train.checkpoint={tmp_path / 'nope.ckpt'}"
+    )
     with pytest.raises(ConfigError, match=rf"teacher checkpoint not found: {tmp_path / 'nope.ckpt'}"):
         run(cfg)
 
@@ -98,8 +160,8 @@ def test_missing_teacher_checkpoint_names_the_path(tmp_path):
 def test_bad_values_fail_with_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"stage must be one of teacher, student, distill; got stage='teach'"):
         run(compose_train(tmp_path, "stage=teach"))
-    with pytest.raises(InstantiationException, match=r"temperature must be finite and > 0, got -1"):
-        run(compose_train(tmp_path, "stage=distill", "distill.temperature=-1", "trainer=debug"))
+    with pytest.raises(ConfigError, match=r"distill.loss: temperature must be finite and > 0, got -1"):
+        run(compose_train(tmp_path, "stage=distill", "distill.loss.temperature=-1", "trainer=debug"))
     assert not (tmp_path / "teachers").exists()  # failed before training a teacher
     with pytest.raises(ConfigError, match=r"Fashion-MNIST file not found: /nonexistent/train-images.*apt-get install"):
         run(compose_train(tmp_path, "stage=student", "data=fashion_mnist", "data.root=/nonexistent"))
@@ -142,7 +204,7 @@ def test_schedules_are_added_from_the_command_line(tmp_path):
     cfg = compose_train(
         tmp_path,
         "callbacks=[default,temperature_schedule,alpha_schedule]",
-        "distill.temperature=6",
+        "distill.loss.temperature=6",
         "callbacks.temperature_schedule.kind=cosine",
         "callbacks.alpha_schedule.end=0.2",
     )
@@ -154,28 +216,58 @@ def test_schedules_are_added_from_the_command_line(tmp_path):
     run(compose_train(tmp_path / "run2", "trainer=debug", "callbacks=[default,temperature_schedule]"))
 
 
-def test_distill_with_the_teacher_cache(tmp_path, caplog):
+def test_distill_with_cached_teacher_outputs(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="lightning_kd")
-    shared = tmp_path / "shared_cache"
-    settings = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "distill.cache_teacher=true"]
-    cfg = compose_train(tmp_path, *settings, "distill.cache_dtype=float32")
+    shared = tmp_path / "shared_outputs"
+    settings = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "distill/teacher_outputs=cached"]
+    cfg = compose_train(tmp_path, *settings, "distill.teacher_outputs.dtype=float32")
     run(cfg)
-    assert read_metrics(cfg)["distill"]["cache_teacher"] is True
-    (cache,) = (tmp_dir(cfg) / "teacher_cache").glob("teacher-*")
+    assert read_metrics(cfg)["distill"]["teacher_outputs"] == "cached"
+    (cache,) = (tmp_dir(cfg) / "teacher_outputs").glob("teacher-*")
     assert (cache / "logits.npy").is_file()
     assert any("teacher outputs built" in r.getMessage() for r in caplog.records)
 
-    for attempt in ("first", "second"):  # a shared cache_dir: the second run reuses the first's cache
+    for attempt in ("first", "second"):  # a shared folder: the second run reuses the first's outputs
         caplog.clear()
         again = compose_train(
-            tmp_path / attempt, *settings, f"paths.teacher_cache={tmp_path / 'teachers'}", f"distill.cache_dir={shared}"
+            tmp_path / attempt,
+            *settings,
+            f"paths.trained_teachers={tmp_path / 'teachers'}",
+            f"distill.teacher_outputs.dirpath={shared}",
         )
         run(again)
     assert any("teacher outputs reused" in r.getMessage() for r in caplog.records)
     assert len(list(shared.glob("teacher-*"))) == 1
 
 
-def test_bad_cache_settings_fail_with_a_clear_error(tmp_path):
-    cfg = compose_train(tmp_path, "distill.cache_teacher=true", "distill.cache_dtype=int8")
-    with pytest.raises(ConfigError, match="distill: dtype must be one of .* got 'int8'"):
-        run(cfg)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["distill/teacher_outputs=cached", "distill.teacher_outputs.dtype=int8"],
+            r"distill.teacher_outputs: dtype must be one of .* got 'int8'",
+        ),
+        (["optimizer.lr=-1"], r"optimizer.lr must be a finite number > 0, got -1"),
+        (["optimizer=sgd", "optimizer.momentum=1.5"], r"optimizer.momentum must be a number in \[0, 1\), got 1.5"),
+        (["seed=abc"], r"seed must be an integer in \[0, 4294967295\], got 'abc'"),
+        (["teacher.train.seed=-1"], r"teacher.train.seed must be an integer in \[0, 4294967295\], got -1"),
+        (["trainer.max_epochs=-5"], r"trainer.max_epochs must be an integer >= -1 \(-1: no limit\) or null, got -5"),
+        (["trainer.precision=17"], r"trainer.precision must be one of 64, .* got 17"),
+        (["trainer.accumulate_grad_batches=0"], r"trainer.accumulate_grad_batches must be an integer >= 1, got 0"),
+        (["trainer.limit_train_batches=1.5"], r"trainer.limit_train_batches must be a fraction in \[0, 1\]"),
+        (
+            ["lr_scheduler=cosine", "trainer.max_epochs=-1"],
+            r"lr_scheduler.scheduler.T_max must be an integer >= 1, got -1",
+        ),
+        (
+            ["lr_scheduler=step", "lr_scheduler.interval=hour"],
+            r"lr_scheduler: interval must be 'epoch' or 'step', got 'hour'",
+        ),
+        (["monitor_mode=up"], r"monitor_mode must be 'min' or 'max', got 'up'"),
+        (["data.batch_size=0"], r"data.batch_size must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_values_fail_before_anything_trains(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run(compose_train(tmp_path, "stage=distill", *overrides))
+    assert not (tmp_path / "teachers").exists() and not (tmp_path / "run").exists()

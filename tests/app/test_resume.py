@@ -21,10 +21,10 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, elsewhere):
     common = [
         "stage=distill",
         "trainer.max_epochs=12",
-        "teacher.max_epochs=1",
-        "distill.temperature=2",
+        "teacher.train.max_epochs=1",
+        "distill.loss.temperature=2",
         "logger=none",
-        f"paths.teacher_cache={tmp_path / 'teachers'}",
+        f"paths.trained_teachers={tmp_path / 'teachers'}",
     ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     result = run_cli(KD_TRAIN, *common, f"hydra.run.dir={full}", cwd=elsewhere)  # also caches the teacher
