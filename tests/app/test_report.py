@@ -10,9 +10,12 @@ import pytest
 from lightning_kd.app.report import collect_runs, format_table, main, summarise
 
 
-def write_run(folder, stage, seed, acc, val, **extra):
+def write_run(folder, stage, seed, acc, val, monitor=("val/acc", "max"), **extra):
     folder.mkdir(parents=True)
-    run = {"stage": stage, "seed": seed, "test": {"test/acc": acc}, "monitor": {"name": "val/acc", "value": val}}
+    name, mode = monitor
+    run = {"stage": stage, "seed": seed, "test": {"test/acc": acc}, "monitor": {"name": name, "value": val}}
+    if mode is not None:
+        run["monitor"]["mode"] = mode
     run.update(extra)
     (folder / "metrics.json").write_text(json.dumps(run))
 
@@ -76,3 +79,41 @@ def test_main_writes_the_report_files(sweep, capsys):
     assert json.loads((root / "report.json").read_text())["comparison"]["significant"]
     assert (root / "report.md").read_text().startswith("| setting |")
     assert (root / "accuracy_vs_temperature.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_minimised_monitor_selects_the_lowest_and_labels_the_table_by_its_name(tmp_path, capsys):
+    """With monitor=val/loss monitor_mode=min the best setting is the one with the LOWEST loss."""
+    for i in range(2):
+        write_run(tmp_path / f"s{i}", "student", i, 0.80, 0.60, monitor=("val/loss", "min"))
+        write_run(tmp_path / f"a{i}", "distill", i, 0.90, 0.30, ("val/loss", "min"), **distill_extra(2.0, 0.9))
+        write_run(tmp_path / f"b{i}", "distill", i, 0.70, 0.90, ("val/loss", "min"), **distill_extra(8.0, 0.9))
+    summary = summarise(collect_runs(tmp_path))
+    assert summary["monitor"] == {"name": "val/loss", "mode": "min"}
+    assert summary["comparison"]["best_distilled_by_validation"] == "distilled (T=2, alpha=0.9)"
+    assert summary["comparison"]["gain"] == pytest.approx(0.10)
+    table = format_table(summary)
+    assert "| val/loss (mean ± std, lower is better) |" in table
+    assert "chosen on val/loss, lower is better" in table and "val accuracy" not in table
+
+
+def test_records_without_a_mode_are_read_as_the_old_val_acc_default(tmp_path):
+    write_run(tmp_path / "s", "student", 0, 0.80, 0.80, monitor=("val/acc", None))
+    write_run(tmp_path / "a", "distill", 0, 0.90, 0.90, ("val/acc", None), **distill_extra(2.0, 0.9))
+    write_run(tmp_path / "b", "distill", 0, 0.70, 0.95, ("val/acc", None), **distill_extra(8.0, 0.9))
+    summary = summarise(collect_runs(tmp_path))
+    assert summary["comparison"]["best_distilled_by_validation"] == "distilled (T=8, alpha=0.9)"
+
+
+@pytest.mark.parametrize(
+    ("monitors", "message"),
+    [
+        ([("val/acc", "max"), ("val/loss", "min")], "selected by different monitors"),
+        ([("val/loss", None), ("val/loss", None)], "without its mode"),
+    ],
+)
+def test_runs_that_cannot_be_compared_are_refused(tmp_path, capsys, monitors, message):
+    for i, monitor in enumerate(monitors):
+        write_run(tmp_path / f"s{i}", "student", i, 0.8, 0.8, monitor=monitor)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    assert message in capsys.readouterr().err

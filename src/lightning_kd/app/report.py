@@ -6,9 +6,11 @@ Usage::
 
 Reads every ``metrics.json`` that ``kd-train`` wrote below the folder, groups the runs by
 setting (teacher, scratch student, distillation at each temperature, alpha and objective),
-prints a table, writes ``report.md`` and ``report.json`` beside the runs, and plots test
-accuracy against temperature (one line per alpha, with the scratch student and the teacher as
-reference levels) into ``accuracy_vs_temperature.png`` when matplotlib is installed.
+chooses the best distilled setting by the monitored metric in its direction (``monitor`` and
+``monitor_mode`` of the runs: the highest ``val/acc``, the lowest ``val/loss``), prints a
+table, writes ``report.md`` and ``report.json`` beside the runs, and plots test accuracy
+against temperature (one line per alpha, with the scratch student and the teacher as reference
+levels) into ``accuracy_vs_temperature.png`` when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from lightning_kd.app.results import METRICS_FILE
 from lightning_kd.files import atomic_write, save_json
 
-__all__ = ["Row", "collect_runs", "main", "summarise"]
+__all__ = ["Monitor", "Row", "collect_runs", "main", "monitor_of", "summarise"]
 
 PLOT_FILE = "accuracy_vs_temperature.png"
 
@@ -48,11 +50,49 @@ def collect_runs(root: Path) -> list[dict]:
     return runs
 
 
+class Monitor(NamedTuple):
+    """The metric the runs were selected by, and which way is better (``"max"`` or ``"min"``)."""
+
+    name: str
+    mode: str
+
+
+def monitor_of(runs: list[dict]) -> Monitor:
+    """The one monitor of ``runs``; files from before the mode was recorded are read as ``val/acc``, max.
+
+    Raises:
+        ValueError: if the runs were selected by different metrics or directions, or a mode is unknown.
+    """
+    found = set()
+    for run in runs:
+        if "name" not in run.get("monitor", {}):
+            continue  # a teacher row built from a distillation run's record
+        name, mode = run["monitor"]["name"], run["monitor"].get("mode")
+        if mode is None:
+            if name != "val/acc":
+                raise ValueError(
+                    f"{run.get('path', 'a run')}: metrics.json names monitor {name!r} without its mode; "
+                    "re-run it with this version of kd-train, which records monitor_mode"
+                )
+            mode = "max"  # the only monitor of earlier versions' defaults
+        if mode not in ("max", "min"):
+            raise ValueError(f"{run.get('path', 'a run')}: monitor mode must be 'max' or 'min', got {mode!r}")
+        found.add(Monitor(name, mode))
+    if len(found) > 1:
+        raise ValueError(
+            "the runs were selected by different monitors, so they cannot be compared: "
+            + ", ".join(f"{m.name} ({m.mode})" for m in sorted(found))
+        )
+    return found.pop() if found else Monitor("val/acc", "max")
+
+
 class Row(dict):
     """One setting: ``label``, ``n``, and mean/std of test accuracy and the monitored metric."""
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    if any(math.isnan(v) for v in values):  # e.g. teachers known only from distillation runs: no monitor
+        return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -100,11 +140,13 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
                 monitor_std=mon_std,
             )
         )
-    summary: dict[str, Any] = {"rows": rows}
+    monitor = monitor_of(runs)
+    summary: dict[str, Any] = {"rows": rows, "monitor": monitor._asdict()}
     distilled = [r for r in rows if r["setting"][0] == "distill"]
     scratch = next((r for r in rows if r["setting"][0] == "student"), None)
     if distilled and scratch:
-        best = max(distilled, key=lambda r: r["monitor_mean"])  # chosen on validation, not test
+        choose = max if monitor.mode == "max" else min
+        best = choose(distilled, key=lambda r: r["monitor_mean"])  # chosen on validation, not test
         gain = best["test_acc_mean"] - scratch["test_acc_mean"]
         threshold = 2 * max(best["test_acc_std"], scratch["test_acc_std"])
         summary["comparison"] = {
@@ -131,7 +173,12 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table, with the comparison and size lines below it."""
-    lines = ["| setting | runs | test accuracy (mean ± std) | val accuracy (mean ± std) |", "|---|---|---|---|"]
+    monitor = Monitor(**summary.get("monitor", {"name": "val/acc", "mode": "max"}))
+    direction = "higher is better" if monitor.mode == "max" else "lower is better"
+    lines = [
+        f"| setting | runs | test accuracy (mean ± std) | {monitor.name} (mean ± std, {direction}) |",
+        "|---|---|---|---|",
+    ]
     for row in summary["rows"]:
         val = "" if math.isnan(row["monitor_mean"]) else f"{row['monitor_mean']:.4f} ± {row['monitor_std']:.4f}"
         lines.append(
@@ -141,7 +188,7 @@ def format_table(summary: dict[str, Any]) -> str:
         c = summary["comparison"]
         verdict = "a real gain" if c["significant"] else "NOT a significant gain"
         lines.append(
-            f"\nBest distilled setting (chosen on validation): {c['best_distilled_by_validation']}: "
+            f"\nBest distilled setting (chosen on {monitor.name}, {direction}): {c['best_distilled_by_validation']}: "
             f"{c['gain'] * 100:+.2f} points of test accuracy over the scratch student; "
             f"2 x the larger std = {c['two_max_std'] * 100:.2f} points: {verdict}."
         )
@@ -215,7 +262,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = collect_runs(args.sweep_dir)
     if not runs:
         parser.error(f"no {METRICS_FILE} found below {args.sweep_dir}: is it a kd-train output folder?")
-    summary = summarise(runs)
+    try:
+        summary = summarise(runs)
+    except ValueError as error:
+        parser.error(str(error))
     table = format_table(summary)
     print(table)
     atomic_write(args.sweep_dir / "report.md", lambda tmp: tmp.write_text(table + "\n"))
