@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test test-slow test-all lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,11 +14,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The notebooks run in their quick mode (fewer seeds and epochs); a failing cell fails the target.
+# The default suite (under 5 minutes on 2 cores). The notebooks run in their quick mode (fewer
+# seeds and epochs); a failing cell fails the target. Tests marked `gpu` run in benchmarks/gpu_check.sh.
 test: venv
 	$(PY) -m ruff check src tests
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not gpu"
 	LIGHTNING_KD_QUICK=1 $(PY) -m pytest --nbmake notebooks
+
+# The long tests: 20 two-process exits per DDP strategy, SIGKILL and resume, torchrun, the wheel.
+test-slow: venv
+	$(PY) -m pytest -m "slow and not gpu"
+
+# Everything that runs without a GPU.
+test-all: test test-slow
 
 lint: venv
 	$(PY) -m ruff check src tests

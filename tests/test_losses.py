@@ -1,4 +1,4 @@
-"""The distillation losses against the rules of design §1, computed independently."""
+"""The distillation losses against the rules of the method (Hinton et al., 2015), computed independently."""
 
 from __future__ import annotations
 

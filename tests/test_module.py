@@ -105,7 +105,7 @@ class TestTrainingStep:
 
 
 def test_teacher_stays_frozen_through_fit(toy_loaders):
-    """Design §1: no gradients, never in the optimizer, eval mode, BatchNorm stats untouched."""
+    """No gradients, never in the optimizer, eval mode, BatchNorm stats untouched."""
     train, val = toy_loaders
     module = make_module()
     before = teacher_bn_stats(module)
@@ -319,7 +319,7 @@ def test_lr_scheduler_factory_is_used(toy_loaders):
 
 
 def test_ddp_spawn_keeps_the_teacher_frozen_and_metrics_exact():
-    """Two processes, no find_unused_parameters (design §4.2); metrics over the whole set, each
+    """Two processes, no find_unused_parameters; metrics over the whole set, each
     sample counted once (digits has 269 validation images: no even split)."""
     data = DigitsDataModule(batch_size=32)
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ def test_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_figure_has_a_title_axis_labels_and_a_legend(path):
+def test_cells_that_make_a_figure_set_a_title_axis_labels_and_a_legend(path):
     for cell in json.loads(path.read_text())["cells"]:
         source = "".join(cell["source"])
         if "plt.subplots(" in source:

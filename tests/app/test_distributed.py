@@ -74,6 +74,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_of_one_process_through_torchrun(tmp_path, elsewhere):
     """Multi-node as on a cluster, on one machine: two torchrun "nodes", one CPU process each."""
     run_dir, port = tmp_path / "run", free_port()
@@ -116,6 +117,7 @@ def test_two_nodes_of_one_process_through_torchrun(tmp_path, elsewhere):
         assert reported[name] == pytest.approx(value, abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_a_sweep_with_ddp_spawn_runs_each_job_once(tmp_path, elsewhere):
     sweep = tmp_path / "sweep"
     result = run_cli(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from kd_testing import KD_TRAIN, run_cli
@@ -17,6 +18,7 @@ def read_epoch(path) -> int:
     return torch.load(path, weights_only=True)["epoch"] if path.exists() else -1
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, elsewhere):
     common = [
         "stage=distill",
