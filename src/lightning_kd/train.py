@@ -3,8 +3,8 @@
 Run ``kd-train --help`` for the config groups, or ``python -m lightning_kd.train``. Examples::
 
     kd-train stage=teacher
-    kd-train stage=distill distill.temperature=8 distill.alpha=0.7 student=mlp_small
-    kd-train -m distill.temperature=1,2,4,8,16 distill.alpha=0.5,0.9 seed=0,1,2
+    kd-train stage=distill distill.loss.temperature=8 distill.loss.alpha=0.7 student=mlp_small
+    kd-train -m distill.loss.temperature=1,2,4,8,16 distill.loss.alpha=0.5,0.9 seed=0,1,2
 """
 
 from __future__ import annotations
@@ -19,21 +19,14 @@ def main(cfg: DictConfig) -> float:
     # Imported here: --help, --cfg and config errors answer without importing Lightning.
     from lightning_kd.app.console import quiet_console
     from lightning_kd.app.job import run
+    from lightning_kd.distributed import destroy_process_group
 
     quiet_console()
     try:
         return run(cfg)
     finally:
-        _destroy_process_group()
-
-
-def _destroy_process_group() -> None:
-    """End a distributed run cleanly: Lightning leaves a gloo group to exit-time cleanup, where
-    torch can abort the process ("terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        # Each job of a sweep ends its own group; the next job's Trainer starts a fresh one.
+        destroy_process_group()
 
 
 if __name__ == "__main__":
