@@ -114,7 +114,12 @@ distill() {
 }
 distill gpu "1 GPU, bf16-mixed" trainer=gpu
 distill ddp "DDP, 1 GPU" trainer=ddp trainer.accelerator=gpu trainer.devices=1
-distill fsdp "FSDP, 1 GPU, bf16-mixed" trainer=fsdp trainer.devices=1
+distill fsdp "FSDP, 1 GPU, bf16-mixed, cached teacher outputs, export" trainer=fsdp trainer.devices=1 \
+  distill/teacher_outputs=cached
+ls "$WORK/fsdp/export/student.pt2" "$WORK/fsdp/teacher_outputs"/teacher-*/logits.npy >/dev/null || {
+  echo "FAIL fsdp: no export or no cached teacher outputs in $WORK/fsdp"
+  exit 1
+}
 
 # 4. The GPU-only tests (bf16 soft loss in float32 on CUDA, DDP and FSDP with a frozen teacher).
 if "$PY" -c "import pytest" >/dev/null 2>&1; then

@@ -36,3 +36,32 @@ def test_one_gpu_fit_keeps_the_teacher_frozen(strategy):
     assert module_fingerprint(module.teacher) == before
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimized == {id(p) for p in module.student.parameters()}
+
+
+def test_fsdp_gives_one_full_teacher_identity_and_exports_the_whole_student(tmp_path):
+    """Under FSDP the teacher's fingerprint, the output store and the export see the full networks."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_kd.callbacks import CacheTeacherOutputs, ExportStudent
+    from lightning_kd.data import IndexedDataset
+
+    teacher = MLP(64, 10, hidden=(64,))
+    student = MLP(64, 10, hidden=(30,))
+    before = module_fingerprint(teacher)
+    module = DistillationModule(student, teacher)
+    x, y = torch.randn(256, 64), torch.randint(0, 10, (256,))
+    train = DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=32)
+    export = ExportStudent(tmp_path / "export", onnx=False)
+    trainer = quiet_trainer(
+        accelerator="gpu",
+        devices=1,
+        strategy=FSDPStrategy(use_orig_params=True),
+        max_epochs=1,
+        callbacks=[CacheTeacherOutputs(tmp_path / "outputs", dtype="float32"), export],
+    )
+    trainer.fit(module, train)
+    assert module.teacher_fingerprint() == before
+    exported = torch.export.load(str(export.export_dir / "student.pt2")).module()
+    reference = MLP(64, 10, hidden=(30,))
+    reference.load_state_dict(torch.load(export.export_dir / "student.pt", weights_only=True))
+    torch.testing.assert_close(exported(x[:5]), reference.eval()(x[:5]))
