@@ -271,3 +271,10 @@ def test_bad_values_fail_before_anything_trains(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         run(compose_train(tmp_path, "stage=distill", *overrides))
     assert not (tmp_path / "teachers").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["trainer.devices=[0]", "trainer.precision=bf16-mixed", "trainer.max_epochs=null"])
+def test_valid_trainer_values_pass_validation(tmp_path, override):
+    from lightning_kd.app.validate import validate_config
+
+    validate_config(compose_train(tmp_path, override))

@@ -12,14 +12,17 @@ from typing import Any, Callable
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightning_kd.app.errors import ConfigError
 
 __all__ = ["STAGES", "validate_config"]
 
 STAGES = ("teacher", "student", "distill")
-PRECISIONS = ("64", "64-true", "32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true")
+PRECISIONS = (
+    "64", "64-true", "32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true",
+    "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
 MAX_SEED = 2**32 - 1  # numpy's limit, which Lightning's seed_everything respects
 
 
@@ -87,7 +90,8 @@ def _check(key: str, value: Any, rule: Rule) -> None:
 
 def _resolved(cfg: DictConfig, key: str) -> Any:
     try:
-        return OmegaConf.select(cfg, key, throw_on_missing=True)
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
     except Exception as error:  # an interpolation that cannot resolve
         raise ConfigError(f"{key}: {error}") from error
 
