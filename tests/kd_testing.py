@@ -67,3 +67,44 @@ def run_cli(executable: Path, *args: str, cwd: Path, timeout: int = 300) -> subp
     """Run a console script of the installed package in a subprocess."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     return subprocess.run([str(executable), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+class TinyLM(nn.Module):
+    """A causal language model that is not from transformers: position t sees tokens <= t."""
+
+    def __init__(self, vocab: int = 23, width: int = 8, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, width)
+        self.mix = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor = None) -> torch.Tensor:
+        x = self.embed(input_ids)
+        if attention_mask is not None:
+            x = x * attention_mask.unsqueeze(-1)
+        steps = torch.arange(1, x.shape[1] + 1, device=x.device).view(1, -1, 1)
+        return self.head(torch.tanh(self.mix(x.cumsum(1) / steps)))
+
+
+def tiny_gpt2(vocab: int = 53, width: int = 16, layers: int = 1, seed: int = 0) -> nn.Module:
+    """A GPT-2 built from a config (nothing downloaded), without dropout so that runs are exact."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab, n_positions=32, n_embd=width, n_layer=layers, n_head=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def uneven_token_batches(vocab: int = 23, lengths=(2, 3, 11, 16), seed: int = 0) -> list[dict]:
+    """Sequences padded to 16 tokens whose counted tokens differ a lot from one to the next."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for length in lengths:
+        ids = torch.randint(1, vocab, (16,), generator=g)
+        mask = (torch.arange(16) < length).long()
+        items.append({"input_ids": ids * mask, "attention_mask": mask})
+    return items

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 from torch import Tensor, nn
 
 from lightning_kd.base import LightningKDModule, check_module, infer_num_classes
-from lightning_kd.batch import split_batch
+from lightning_kd.batch import forward_logits, split_batch
 from lightning_kd.contract import StepOutput
 from lightning_kd.losses import hard_target_loss
 from lightning_kd.metrics import loggers_write_this_step, stage_metrics
@@ -57,7 +57,7 @@ class ClassifierModule(LightningKDModule):
 
     def forward(self, x: Any) -> Tensor:
         """The model's logits."""
-        return self.model(x)
+        return forward_logits(self.model, x)
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return self.model.parameters()
@@ -66,7 +66,7 @@ class ClassifierModule(LightningKDModule):
         parts = split_batch(batch)
         if parts.y is None:
             raise ValueError("ClassifierModule needs labeled batches (x, y); got a batch without labels")
-        logits = self.model(parts.x)
+        logits = self(parts.x)
         infer_num_classes(self, logits)
         return logits, parts.y
 

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from lightning_kd.base import LightningKDModule, attached_trainer, check_module
-from lightning_kd.batch import Batch
+from lightning_kd.batch import Batch, forward_logits
 from lightning_kd.checkpoint import TEACHER_PREFIX
 from lightning_kd.fingerprint import module_fingerprint
 
@@ -79,7 +79,7 @@ class DistillableModule(LightningKDModule):
 
     def forward(self, x: Any) -> Tensor:
         """The student's logits at ``T = 1``."""
-        return self.student(x)
+        return forward_logits(self.student, x)
 
     # --- the teacher ------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ class DistillableModule(LightningKDModule):
     @torch.no_grad()
     def teacher_logits(self, x: Any) -> Tensor:
         """The frozen teacher's logits for ``x``: no gradient, no graph, usable by any loss."""
-        return self.teacher(x)
+        return forward_logits(self.teacher, x)
 
     def teacher_logits_for(self, batch: Batch, stored: bool = False) -> Tensor:
         """Precomputed logits from the batch, from ``teacher_outputs`` (``stored``, training), or the teacher's."""

@@ -8,7 +8,7 @@ import lightning as L
 from torch import nn
 from torchmetrics import MeanMetric
 
-__all__ = ["ResetMetricsOnEvaluationStart", "loggers_write_this_step", "stage_metrics"]
+__all__ = ["ExpMeanMetric", "ResetMetricsOnEvaluationStart", "loggers_write_this_step", "stage_metrics"]
 
 
 def loggers_write_this_step(module: L.LightningModule) -> bool:
@@ -66,3 +66,18 @@ class ResetMetricsOnEvaluationStart:
 
     def on_test_epoch_start(self) -> None:
         self._reset_metrics("test")
+
+
+class ExpMeanMetric(MeanMetric):
+    """``exp`` of a weighted mean: perplexity from per-token negative log-likelihoods.
+
+    Example:
+        >>> import math, torch
+        >>> ppl = ExpMeanMetric()
+        >>> ppl.update(torch.tensor(math.log(4.0)), weight=10)
+        >>> round(float(ppl.compute()), 4)
+        4.0
+    """
+
+    def compute(self):
+        return super().compute().exp()

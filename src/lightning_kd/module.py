@@ -94,7 +94,7 @@ class DistillationModule(DistillableModule):
     def training_step(self, batch: Any, batch_idx: int) -> StepOutput:
         """Return the loss, and the detached logits and targets for callbacks."""
         parts = split_batch(batch)
-        student_logits = self.student(parts.x)
+        student_logits = self(parts.x)
         infer_num_classes(self, student_logits)
         teacher_logits = self.teacher_logits_for(parts, stored=True)
         out = self.loss(student_logits, teacher_logits, parts.y)
@@ -121,7 +121,7 @@ class DistillationModule(DistillableModule):
 
     def _evaluate(self, batch: Any, stage: str) -> StepOutput:
         parts = split_batch(batch)
-        student_logits = self.student(parts.x)
+        student_logits = self(parts.x)
         infer_num_classes(self, student_logits)
         teacher_logits = self.teacher_logits_for(parts)
         batch_size = student_logits.shape[0]

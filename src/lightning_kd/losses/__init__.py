@@ -27,7 +27,7 @@ from lightning_kd.losses.checks import (
     check_temperature,
 )
 from lightning_kd.losses.distillation_loss import OBJECTIVES, DistillationLoss, DistillationLossOutput
-from lightning_kd.losses.hard_target import hard_target_loss, logit_matching_loss
+from lightning_kd.losses.hard_target import hard_target_loss, linear_hard_target_loss, logit_matching_loss
 from lightning_kd.losses.soft_target import linear_soft_target_loss, soft_target_loss
 from lightning_kd.losses.topk import TopKLogits
 
@@ -44,6 +44,7 @@ __all__ = [
     "check_divergence",
     "check_temperature",
     "hard_target_loss",
+    "linear_hard_target_loss",
     "linear_soft_target_loss",
     "logit_matching_loss",
     "soft_target_loss",

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_kd.losses.checks import IGNORE_INDEX, compute_dtype, counted_rows, normalise
-from lightning_kd.losses.chunking import chunked_rows_sum
+from lightning_kd.losses.chunking import chunked_rows_sum, fused_linear_rows_sum
 
-__all__ = ["hard_target_loss", "logit_matching_loss"]
+__all__ = ["hard_target_loss", "linear_hard_target_loss", "logit_matching_loss"]
 
 
 def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
@@ -117,3 +117,38 @@ def hard_target_loss(
 
         total = chunked_rows_sum(student_logits.reshape(-1, num_classes), rows, chunk_loss, chunk_size)
     return normalise(total, counted, num_positions)
+
+
+def linear_hard_target_loss(
+    student_hidden: Tensor,
+    head_weight: Tensor,
+    targets: Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    *,
+    head_bias: Optional[Tensor] = None,
+    num_positions: Optional[Union[int, float, Tensor]] = None,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """:func:`hard_target_loss` of ``student_hidden @ head_weight.T + head_bias``, without the full logits.
+
+    Example:
+        >>> import torch
+        >>> h, w, y = torch.randn(2, 5, 4), torch.randn(7, 4), torch.randint(0, 7, (2, 5))
+        >>> torch.allclose(linear_hard_target_loss(h, w, y, chunk_size=3), hard_target_loss(h @ w.T, y))
+        True
+    """
+    if targets.shape != student_hidden.shape[:-1]:
+        raise ValueError(
+            f"targets must have the hidden states' shape without the hidden dimension, "
+            f"{tuple(student_hidden.shape[:-1])}, got {tuple(targets.shape)}"
+        )
+    flat_targets = targets.reshape(-1).long()
+    counted = flat_targets != ignore_index
+    rows = counted.nonzero().squeeze(-1)
+
+    def chunk_loss(logits: Tensor, index: Tensor) -> Tensor:
+        return F.cross_entropy(logits.to(compute_dtype(logits)), flat_targets.index_select(0, index), reduction="sum")
+
+    flat = student_hidden.reshape(-1, student_hidden.shape[-1])
+    total = fused_linear_rows_sum(flat, head_weight, head_bias, rows, chunk_loss, chunk_size)
+    return normalise(total, counted.sum(), num_positions)
