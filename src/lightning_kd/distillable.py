@@ -74,6 +74,13 @@ class DistillableModule(LightningKDModule):
         self._fit_start_local_fingerprint: Optional[str] = None
         self._eval_mode_filter: Optional[tuple] = None
 
+    #: Whether the outputs are per token (``[B, L, V]``): such teachers are stored as top-k logits.
+    token_level = False
+
+    def vocabulary_identity(self) -> Optional[str]:
+        """The tokenizer the teacher declares, part of the key of its stored outputs (``None``: no tokenizer)."""
+        return None
+
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return self.student.parameters()
 

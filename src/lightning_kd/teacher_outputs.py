@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.batch import split_batch
+from lightning_kd.losses.topk import TopKLogits
 
 __all__ = ["CACHE_DTYPES", "TOPK_FILL", "TeacherOutputCache", "cache_fingerprint"]
 
@@ -33,9 +34,16 @@ TOPK_FILL = -1e9
 FORMAT_VERSION = 1
 
 
-def cache_fingerprint(teacher_fingerprint: str, dataset_fingerprint: str, dtype: str, top_k: Optional[int]) -> str:
-    """The key of a cache: the teacher's weights, the dataset's identity and length, the storage."""
-    key = json.dumps([FORMAT_VERSION, teacher_fingerprint, dataset_fingerprint, dtype, top_k])
+def cache_fingerprint(
+    teacher_fingerprint: str,
+    dataset_fingerprint: str,
+    dtype: str,
+    top_k: Optional[int],
+    vocabulary: Optional[str] = None,
+) -> str:
+    """The key of a cache: the teacher's weights, the dataset's identity and length, the storage,
+    and for language models the tokenizer's vocabulary (its declared identity)."""
+    key = json.dumps([FORMAT_VERSION, teacher_fingerprint, dataset_fingerprint, dtype, top_k, vocabulary])
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -85,19 +93,34 @@ class TeacherOutputCache:
         """Bytes of the stored arrays."""
         return self.values.nbytes + (0 if self.indices is None else self.indices.nbytes)
 
-    def lookup(self, index: Tensor, device: Optional[torch.device] = None) -> Tensor:
-        """Float32 logits ``[B, C]`` of the samples ``index``; top-k mode fills the rest with ``TOPK_FILL``."""
+    def _rows(self, index: Tensor) -> np.ndarray:
         rows = index.detach().cpu().numpy()
         if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
             raise IndexError(
                 f"sample index out of the cache's range [0, {self.num_samples}): {rows.min()}..{rows.max()}"
             )
+        return rows
+
+    def lookup(self, index: Tensor, device: Optional[torch.device] = None) -> Tensor:
+        """Float32 logits ``[B, ..., C]`` of the samples ``index``; top-k mode fills the rest with ``TOPK_FILL``."""
+        rows = self._rows(index)
         values = torch.from_numpy(np.ascontiguousarray(self.values[rows])).float()
         if self.indices is not None:
-            dense = torch.full((len(rows), self.num_classes), TOPK_FILL)
-            dense.scatter_(1, torch.from_numpy(self.indices[rows].astype(np.int64)), values)
+            dense = torch.full((*values.shape[:-1], self.num_classes), TOPK_FILL)
+            dense.scatter_(-1, torch.from_numpy(self.indices[rows].astype(np.int64)), values)
             values = dense
         return values if device is None else values.to(device, non_blocking=True)
+
+    def lookup_top_k(self, index: Tensor, device: Optional[torch.device] = None) -> TopKLogits:
+        """The stored top-k logits of the samples ``index`` as :class:`~lightning_kd.losses.TopKLogits`
+        (``[B, ..., k]``, float32 values, int64 indices), without building a dense tensor."""
+        if self.indices is None:
+            raise ValueError("lookup_top_k needs a cache built with top_k; this one stores every logit")
+        rows = self._rows(index)
+        values = torch.from_numpy(np.ascontiguousarray(self.values[rows])).float()
+        indices = torch.from_numpy(self.indices[rows].astype(np.int64))
+        top = TopKLogits(values, indices)
+        return top if device is None else top.to(device, non_blocking=True)
 
     @classmethod
     def open(cls, root: Union[str, os.PathLike], fingerprint: str) -> Optional[TeacherOutputCache]:
@@ -175,23 +198,31 @@ class TeacherOutputCache:
                 parts = split_batch(batch)
                 if parts.index is None:
                     raise TypeError("cache batches need sample indices: wrap the dataset in IndexedDataset")
-                x = parts.x.to(device) if device is not None else parts.x
+                x = parts.x
+                if device is not None:  # a tensor, or the keyword inputs of a tokenized batch
+                    x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
                 with torch.inference_mode():
                     logits = teacher(x).float()
                 num_classes = logits.shape[-1]
                 if values is None:
                     width = num_classes if top_k is None else min(top_k, num_classes)
+                    shape = (num_samples, *logits.shape[1:-1], width)  # [N, C], or [N, L, k] for sequences
                     values = np.lib.format.open_memmap(
-                        directory / "logits.npy", mode="w+", dtype=CACHE_DTYPES[dtype], shape=(num_samples, width)
+                        directory / "logits.npy", mode="w+", dtype=CACHE_DTYPES[dtype], shape=shape
                     )
                     if top_k is not None:
                         index_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
                         indices = np.lib.format.open_memmap(
-                            directory / "indices.npy", mode="w+", dtype=index_dtype, shape=(num_samples, width)
+                            directory / "indices.npy", mode="w+", dtype=index_dtype, shape=shape
                         )
+                elif logits.shape[1:-1] != values.shape[1:-1]:
+                    raise ValueError(
+                        f"every sample must have the same positions to be cached: got {tuple(logits.shape[1:-1])} "
+                        f"after {tuple(values.shape[1:-1])} (pad or pack the sequences to one length)"
+                    )
                 rows = parts.index.cpu().numpy()
                 if top_k is not None:
-                    top = logits.topk(values.shape[1], dim=-1)
+                    top = logits.topk(values.shape[-1], dim=-1)
                     values[rows] = top.values.cpu().numpy()
                     indices[rows] = top.indices.cpu().numpy()
                 else:

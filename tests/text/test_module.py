@@ -204,3 +204,34 @@ def test_one_process_or_two_give_the_same_update():
     trainer = quiet_trainer(max_steps=1, devices=2, strategy="ddp_spawn", gradient_clip_val=0.05)
     trainer.fit(module, DataLoader(uneven_token_batches(), batch_size=2))
     assert_same_parameters(single, module.student)
+
+
+@pytest.mark.parametrize("k", [23, 5])
+def test_stored_top_k_teacher_outputs_per_token(tmp_path, k):
+    """k = V in float32 gives the live teacher's update; a smaller k trains from the stored top-k only."""
+    from lightning_kd.callbacks import CacheTeacherOutputs
+    from lightning_kd.data import IndexedDataset
+
+    student, teacher = TinyLM(seed=1), TinyLM(width=16, seed=2)
+    live = one_step(student, teacher, batch_size=2, accumulate=2)
+    module = CausalLMDistillationModule(copy.deepcopy(student), teacher, optimizer=sgd)
+    store = CacheTeacherOutputs(tmp_path, dtype="float32", top_k=k)
+    trainer = quiet_trainer(max_steps=1, accumulate_grad_batches=2, callbacks=[store])
+    trainer.fit(module, DataLoader(IndexedDataset(uneven_token_batches()), batch_size=2))
+    assert store.built and store.cache.values.shape == (4, 16, k) and store.cache.indices.dtype.name == "int16"
+    if k == 23:
+        assert_same_parameters(live, module.student, atol=1e-6)
+    else:
+        assert any(
+            not torch.equal(a, b) for a, b in zip(module.student.parameters(), student.parameters(), strict=True)
+        )
+
+
+def test_language_model_teachers_are_stored_as_top_k_only(tmp_path):
+    from lightning_kd.callbacks import CacheTeacherOutputs
+    from lightning_kd.data import IndexedDataset
+
+    module = CausalLMDistillationModule(TinyLM(), TinyLM())
+    trainer = quiet_trainer(max_steps=1, callbacks=[CacheTeacherOutputs(tmp_path)])
+    with pytest.raises(ValueError, match=r"stored as top-k logits per token.*CacheTeacherOutputs\(top_k=64\)"):
+        trainer.fit(module, DataLoader(IndexedDataset(uneven_token_batches()), batch_size=2))

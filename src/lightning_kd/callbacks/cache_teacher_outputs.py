@@ -15,7 +15,7 @@ from lightning_kd.checks import check_positive_int
 from lightning_kd.data.indexed import IndexedDataset
 from lightning_kd.distillable import DistillableModule, require_distillable
 from lightning_kd.fingerprint import dataset_fingerprint
-from lightning_kd.teacher_outputs import CACHE_DTYPES, TOPK_FILL, TeacherOutputCache, cache_fingerprint
+from lightning_kd.teacher_outputs import CACHE_DTYPES, TeacherOutputCache, cache_fingerprint
 
 __all__ = ["CacheTeacherOutputs", "TeacherOutputMismatchError"]
 
@@ -101,6 +101,11 @@ class CacheTeacherOutputs(L.Callback):
             raise ValueError(
                 f"top_k={self.top_k} needs the KL soft loss (objective='kl'); logit matching needs every logit"
             )
+        if stage == "fit" and pl_module.token_level and self.top_k is None:
+            raise ValueError(
+                f"{type(pl_module).__name__} teachers are stored as top-k logits per token (every logit of every "
+                "token would take tokens x vocabulary values): pass top_k, e.g. CacheTeacherOutputs(top_k=64)"
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.train_dataloader
@@ -112,7 +117,9 @@ class CacheTeacherOutputs(L.Callback):
                 f"got {type(dataset).__name__}"
             )
         identity = self.dataset_id or dataset_fingerprint(dataset)
-        fingerprint = cache_fingerprint(pl_module.teacher_fingerprint(), identity, self.dtype, self.top_k)
+        fingerprint = cache_fingerprint(
+            pl_module.teacher_fingerprint(), identity, self.dtype, self.top_k, pl_module.vocabulary_identity()
+        )
         root = self.dirpath or Path(trainer.default_root_dir) / "teacher_outputs"
         self.built = False
         missing = trainer.strategy.broadcast(TeacherOutputCache.open(root, fingerprint) is None, src=0)
@@ -168,13 +175,17 @@ class CacheTeacherOutputs(L.Callback):
             return
         parts = split_batch(batch)
         live = pl_module.teacher_logits(parts.x).float()
-        cached = self.cache.lookup(parts.index, live.device)
-        kept = cached != TOPK_FILL  # top-k mode compares the stored logits only
+        if self.top_k is None:
+            cached = self.cache.lookup(parts.index, live.device)
+        else:  # the stored logits only, read from the live ones at the stored classes
+            top = self.cache.lookup_top_k(parts.index, live.device)
+            live, cached = live.gather(-1, top.indices), top.values
         rtol, atol = TOLERANCES[self.dtype]
-        excess = ((live - cached).abs() - (atol + rtol * live.abs())).masked_fill(~kept, float("-inf"))
+        difference = (live - cached).abs().reshape(live.shape[0], -1)
+        excess = difference - (atol + rtol * live.abs().reshape(live.shape[0], -1))
         if excess.max() > 0:
             row = int(excess.max(dim=-1).values.argmax())
-            difference = float((live - cached).abs().masked_fill(~kept, 0)[row].max())
+            difference = float(difference[row].max())
             raise TeacherOutputMismatchError(
                 f"the cached teacher outputs differ from a live teacher forward at epoch {trainer.current_epoch}, "
                 f"sample index {int(parts.index[row])}: max |difference| {difference:.3g} > {self.dtype} tolerance. "

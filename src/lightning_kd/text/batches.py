@@ -22,12 +22,15 @@ class LanguageModelBatch(NamedTuple):
             ``-100`` where it does not count.
         mask: ``[B, L - 1]`` boolean: the positions that count, for the soft and the hard term alike.
         teacher_logits: Precomputed teacher logits or ``TopKLogits`` ``[B, L - 1, ...]``, if the batch has them.
+        index: The samples' indices (from :class:`~lightning_kd.data.IndexedDataset`), the key of stored
+            teacher outputs.
     """
 
     inputs: dict[str, Tensor]
     targets: Tensor
     mask: Tensor
     teacher_logits: Optional[Any] = None
+    index: Optional[Tensor] = None
 
 
 def split_lm_batch(batch: Any, ignore_index: int = IGNORE_INDEX) -> LanguageModelBatch:
@@ -63,4 +66,4 @@ def split_lm_batch(batch: Any, ignore_index: int = IGNORE_INDEX) -> LanguageMode
     elif labels.shape != input_ids.shape:
         raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
     targets = labels[:, 1:]
-    return LanguageModelBatch(inputs, targets, targets != ignore_index, batch.get("teacher_logits"))
+    return LanguageModelBatch(inputs, targets, targets != ignore_index, batch.get("teacher_logits"), batch.get("index"))

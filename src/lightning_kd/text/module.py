@@ -133,9 +133,19 @@ class CausalLMDistillationModule(DistillableModule):
             hparams.update(self.loss.hparams())
         self.save_hyperparameters(hparams)
 
+    token_level = True
+
+    def vocabulary_identity(self) -> Optional[str]:
+        """The teacher's declared tokenizer and vocabulary size, part of the key of its stored outputs."""
+        size = getattr(getattr(self.teacher, "config", None), "vocab_size", None)
+        return f"{tokenizer_identity(self.teacher)}|{size}"
+
     # --- logits -----------------------------------------------------------------------------
 
     def _teacher_logits(self, parts: LanguageModelBatch) -> Union[Tensor, TopKLogits]:
+        if self.teacher_outputs is not None and parts.index is not None:  # stored top-k logits per token
+            top = self.teacher_outputs.lookup_top_k(parts.index, device=self.device)
+            return TopKLogits(top.values[:, :-1], top.indices[:, :-1])
         if parts.teacher_logits is not None:
             given = parts.teacher_logits
             return TopKLogits(given.values.detach(), given.indices) if isinstance(given, TopKLogits) else given.detach()
