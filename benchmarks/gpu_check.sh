@@ -121,7 +121,8 @@ ls "$WORK/fsdp/export/student.pt2" "$WORK/fsdp/teacher_outputs"/teacher-*/logits
   exit 1
 }
 
-# 4. The GPU-only tests (bf16 soft loss in float32 on CUDA, DDP and FSDP with a frozen teacher).
+# 4. The GPU-only tests (bf16 soft loss in float32 on CUDA, DDP and FSDP with a frozen teacher, the tiny
+#    GPT-2 pair through CausalLMDistillationModule in bf16-mixed under DDP and FSDP).
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
   step pytest-gpu 180 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
   echo "ok   pytest -m gpu ($((SECONDS - step_start)) s): $(tail -n 1 "$WORK/pytest-gpu.log")"

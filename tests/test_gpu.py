@@ -65,3 +65,22 @@ def test_fsdp_gives_one_full_teacher_identity_and_exports_the_whole_student(tmp_
     reference = MLP(64, 10, hidden=(30,))
     reference.load_state_dict(torch.load(export.export_dir / "student.pt", weights_only=True))
     torch.testing.assert_close(exported(x[:5]), reference.eval()(x[:5]))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_gpt2_pair_distils_on_one_gpu_in_bf16(strategy):
+    """The language-model case: a Hugging Face teacher frozen (and sharded under FSDP), bf16-mixed."""
+    from torch.utils.data import DataLoader
+
+    from kd_testing import tiny_gpt2, uneven_token_batches
+    from lightning_kd.text import CausalLMDistillationModule
+
+    teacher = tiny_gpt2(width=64, layers=2, seed=0)
+    before = module_fingerprint(teacher)
+    module = CausalLMDistillationModule(tiny_gpt2(width=32, seed=1), teacher)
+    chosen = FSDPStrategy(use_orig_params=True) if strategy == "fsdp" else strategy
+    trainer = quiet_trainer(accelerator="gpu", devices=1, strategy=chosen, precision="bf16-mixed", max_epochs=2)
+    loader = DataLoader(uneven_token_batches(vocab=53) * 4, batch_size=4)
+    trainer.fit(module, loader, loader)
+    assert torch.isfinite(trainer.callback_metrics["val/ppl"])
+    assert module.teacher_fingerprint() == before
