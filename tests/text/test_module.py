@@ -235,3 +235,21 @@ def test_language_model_teachers_are_stored_as_top_k_only(tmp_path):
     trainer = quiet_trainer(max_steps=1, callbacks=[CacheTeacherOutputs(tmp_path)])
     with pytest.raises(ValueError, match=r"stored as top-k logits per token.*CacheTeacherOutputs\(top_k=64\)"):
         trainer.fit(module, DataLoader(IndexedDataset(uneven_token_batches()), batch_size=2))
+
+
+def test_the_callbacks_work_on_a_language_model(tmp_path):
+    """The monitor reads the counted tokens of [B, L, V] outputs; the export keeps a keyword-input student's weights."""
+    import json
+
+    from lightning_kd.callbacks import DistillationMonitor, ExportStudent
+
+    monitor, export = DistillationMonitor(grad_every_n_steps=1), ExportStudent(tmp_path / "export")
+    module = CausalLMDistillationModule(TinyLM(seed=1), TinyLM(width=16, seed=2), optimizer=sgd)
+    loader = DataLoader(uneven_token_batches(), batch_size=2)
+    quiet_trainer(max_steps=2, callbacks=[monitor, export]).fit(module, loader, loader)
+    assert monitor.last_grad_norms is not None and math.isfinite(monitor.last_grad_norms["grad_norm_ratio"])
+    info = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert info["files"] == {"state_dict": "student.pt"}
+    reloaded = TinyLM()
+    reloaded.load_state_dict(torch.load(tmp_path / "export" / "student.pt", weights_only=True))
+    assert_same_parameters(reloaded, module.student, atol=0)

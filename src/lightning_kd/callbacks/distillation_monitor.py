@@ -200,7 +200,7 @@ class DistillationMonitor(L.Callback):
             return
         self._last_step = step  # once per step, also with gradient accumulation
         started = time.perf_counter()
-        student, teacher, targets = output["student_logits"], output["teacher_logits"], output["targets"]
+        student, teacher, targets = flat_positions(output)  # [B, C], or the counted tokens of [B, L, V]
         norms = self.grad_norms(pl_module.loss, student, teacher, targets)
         self.grad_norm_seconds += time.perf_counter() - started
         if norms is None:

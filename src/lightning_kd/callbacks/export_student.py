@@ -86,22 +86,25 @@ class ExportStudent(L.Callback):
         self.onnx = onnx_available if onnx is None else onnx
         self.torch_export = torch_export
         self.example_input: Optional[Tensor] = None
+        self.keyword_inputs = False  # the networks take keyword inputs (tokenized text): weights only
         self.export_dir: Optional[Path] = None  # where the last export went
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.example_input is None:
-            x = split_batch(batch).x
+        if self.example_input is None and not self.keyword_inputs:
+            x = batch if isinstance(batch, Mapping) and "input_ids" in batch else split_batch(batch).x
             if isinstance(x, Tensor):
                 self.example_input = x[:1].detach().cpu().clone()
+            elif isinstance(x, Mapping):
+                self.keyword_inputs = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             require_distillable(type(self).__name__, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.example_input is None:
+        if self.example_input is None and not self.keyword_inputs:
             raise RuntimeError("ExportStudent saw no tensor input during training, so it cannot trace the student")
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -129,21 +132,39 @@ class ExportStudent(L.Callback):
             source = "final weights"
         student = materialize_student(pl_module.student, weights).cpu().eval()
         directory = self._free_directory(self.dirpath or Path(trainer.default_root_dir) / "export")
-        example = self.example_input.to(next(student.parameters(), torch.empty(0)).dtype)
-        with torch.no_grad():
-            num_classes = int(student(example).shape[-1])
         files = {"state_dict": save_torch(directory / EXPORT_FILES["state_dict"], student.state_dict()).name}
+        if self.example_input is None:  # keyword inputs: the traced formats would need them all as examples
+            log.warning("the student takes keyword inputs (tokenized text): exporting its weights only")
+            self._write_info(trainer, student, directory, files, source, None)
+            return
+        example = self.example_input.to(next(student.parameters(), torch.empty(0)).dtype)
         if self.torchscript:
             files["torchscript"] = self._save_torchscript(student, example, directory / EXPORT_FILES["torchscript"])
         if self.torch_export:
             files["torch_export"] = self._save_torch_export(student, example, directory / EXPORT_FILES["torch_export"])
         if self.onnx:
             files["onnx"] = self._save_onnx(student, example, directory / EXPORT_FILES["onnx"])
+        self._write_info(trainer, student, directory, files, source, example)
+
+    def _write_info(
+        self,
+        trainer: L.Trainer,
+        student: nn.Module,
+        directory: Path,
+        files: dict[str, str],
+        source: str,
+        example: Optional[Tensor],
+    ) -> None:
+        checkpoint = trainer.checkpoint_callback
+        num_classes = None
+        if example is not None:
+            with torch.no_grad():
+                num_classes = int(student(example).shape[-1])
         info = {
             "student_class": f"{type(student).__module__}.{type(student).__qualname__}",
             "num_classes": num_classes,
-            "input_shape": list(example.shape[1:]),
-            "input_dtype": str(example.dtype).removeprefix("torch."),
+            "input_shape": None if example is None else list(example.shape[1:]),
+            "input_dtype": None if example is None else str(example.dtype).removeprefix("torch."),
             "output": "logits at T = 1; softmax(-1) gives the probabilities",
             "weights_from": source,
             "best": {

@@ -195,7 +195,8 @@ class CausalLMDistillationModule(DistillableModule):
         output = StepOutput(loss=out.total, targets=parts.targets, mask=parts.mask)
         if student_logits is not None:
             output["student_logits"] = student_logits.detach()
-            output["teacher_logits"] = teacher_values
+            if isinstance(teacher_logits, Tensor):  # callbacks compare dense logits only
+                output["teacher_logits"] = teacher_logits
         return output
 
     def _hidden_loss(self, parts: LanguageModelBatch, teacher_logits: Union[Tensor, TopKLogits]) -> Any:
