@@ -68,6 +68,8 @@ def gpt2(layers: int, width: int, heads: int, context: int, seed: int) -> torch.
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     return GPT2LMHeadModel(config)
 
@@ -110,10 +112,15 @@ def main() -> None:
     parser.add_argument("--temperatures", default="1,2")
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16, help="training sequences per step")
-    parser.add_argument("--teacher-steps", type=int, default=250)
+    parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--student-steps", type=int, default=60, help="0: an untrained student")
     parser.add_argument("--eval-sequences", type=int, default=32, help="held-out sequences of --context bytes")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 by default: on a shared 2-core machine 2 OpenMP threads can be far slower)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -10,11 +10,12 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_three_notebooks_are_there():
+def test_the_notebooks_are_there():
     assert [path.stem for path in NOTEBOOKS] == [
         "01_temperature",
         "02_distill_in_your_own_code",
         "03_choosing_temperature",
+        "04_language_models",
     ]
 
 

@@ -255,7 +255,7 @@ class CausalLMDistillationModule(DistillableModule):
         self._tokens_this_step = None
         if trainer is None or tokens is None:
             return
-        total = trainer.strategy.reduce(tokens.detach().to(torch.float64).reshape(1), reduce_op="sum")
+        total = trainer.strategy.reduce(tokens.detach().long().reshape(1), reduce_op="sum")
         scale = trainer.accumulate_grad_batches * trainer.world_size / total.clamp(min=1)
         for parameter in self.student.parameters():
             if parameter.grad is not None:
