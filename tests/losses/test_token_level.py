@@ -202,6 +202,25 @@ def test_different_vocabularies_fail_unless_truncated():
         soft_target_loss(student, teacher, T)
     truncated = soft_target_loss(student, teacher, T, vocab_alignment="truncate")
     torch.testing.assert_close(truncated, soft_target_loss(student, teacher[..., :10], T))
+    (plain, (plain_grad,)), (chunked, (chunked_grad,)) = (
+        value_and_grad(
+            lambda s, c=c: soft_target_loss(s, teacher, T, vocab_alignment="truncate", chunk_size=c), student
+        )
+        for c in (None, 3)
+    )
+    torch.testing.assert_close(chunked, plain)
+    torch.testing.assert_close(chunked_grad, plain_grad)
+    hidden, weight = torch.randn(2, 4, 6), torch.randn(14, 6)  # a student head larger than the teacher's 12
+    (head_first, grads), (fused, fused_grads) = (
+        value_and_grad(f, hidden, weight)
+        for f in (
+            lambda h, w: soft_target_loss(h @ w.T, teacher, T, vocab_alignment="truncate"),
+            lambda h, w: linear_soft_target_loss(h, w, teacher, T, vocab_alignment="truncate", chunk_size=3),
+        )
+    )
+    torch.testing.assert_close(fused, head_first)
+    for got, expected in zip(fused_grads, grads, strict=True):
+        torch.testing.assert_close(got, expected)
     top = TopKLogits(torch.randn(2, 4, 3), torch.tensor([0, 5, 11]).expand(2, 4, 3))
     with pytest.raises(ValueError, match=r"indexes class 11, beyond the student's 10 classes"):
         soft_target_loss(student, top, T)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lightning_kd.losses.checks import IGNORE_INDEX, compute_dtype, counted_rows, normalise
 from lightning_kd.losses.chunking import chunked_rows_sum, fused_linear_rows_sum
+from lightning_kd.losses.divergences import cross_entropy_value_and_grad
 
 __all__ = ["hard_target_loss", "linear_hard_target_loss", "logit_matching_loss"]
 
@@ -112,10 +113,10 @@ def hard_target_loss(
     else:
         rows = (flat_targets != ignore_index).nonzero().squeeze(-1)
 
-        def chunk_loss(chunk: Tensor, index: Tensor) -> Tensor:
-            return F.cross_entropy(chunk.to(dtype), flat_targets.index_select(0, index), reduction="sum")
+        def chunk_value_and_grad(chunk: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+            return cross_entropy_value_and_grad(chunk, flat_targets.index_select(0, index))
 
-        total = chunked_rows_sum(student_logits.reshape(-1, num_classes), rows, chunk_loss, chunk_size)
+        total = chunked_rows_sum(student_logits.reshape(-1, num_classes), rows, chunk_value_and_grad, chunk_size)
     return normalise(total, counted, num_positions)
 
 
@@ -146,9 +147,9 @@ def linear_hard_target_loss(
     counted = flat_targets != ignore_index
     rows = counted.nonzero().squeeze(-1)
 
-    def chunk_loss(logits: Tensor, index: Tensor) -> Tensor:
-        return F.cross_entropy(logits.to(compute_dtype(logits)), flat_targets.index_select(0, index), reduction="sum")
+    def chunk_value_and_grad(logits: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        return cross_entropy_value_and_grad(logits, flat_targets.index_select(0, index))
 
     flat = student_hidden.reshape(-1, student_hidden.shape[-1])
-    total = fused_linear_rows_sum(flat, head_weight, head_bias, rows, chunk_loss, chunk_size)
+    total = fused_linear_rows_sum(flat, head_weight, head_bias, rows, chunk_value_and_grad, chunk_size)
     return normalise(total, counted.sum(), num_positions)
