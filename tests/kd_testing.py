@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
@@ -88,7 +89,12 @@ class TinyLM(nn.Module):
 
 
 def tiny_gpt2(vocab: int = 53, width: int = 16, layers: int = 1, seed: int = 0) -> nn.Module:
-    """A GPT-2 built from a config (nothing downloaded), without dropout so that runs are exact."""
+    """A GPT-2 built from a config (nothing downloaded), without dropout so that runs are exact.
+
+    Skips the calling test where the optional ``[text]`` extra is not installed (``make test``
+    installs it, so there it always runs).
+    """
+    pytest.importorskip("transformers")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)

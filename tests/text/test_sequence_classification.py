@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -11,6 +12,7 @@ from lightning_kd.fingerprint import module_fingerprint
 
 
 def tiny_bert(width: int, seed: int) -> torch.nn.Module:
+    pytest.importorskip("transformers")  # the optional [text] extra; make test installs it
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
