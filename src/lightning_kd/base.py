@@ -55,7 +55,7 @@ class LightningKDModule(ResetMetricsOnEvaluationStart, L.LightningModule):
 
     Subclasses set ``self.metrics = stage_metrics([...])`` (with at least ``acc`` and ``loss``),
     implement ``forward`` (the trained network's logits at ``T = 1``) and
-    :meth:`trainable_parameters`.
+    :meth:`trainable_parameters`. A subclass that overrides ``setup`` calls ``super().setup(stage)``.
 
     Args:
         optimizer: Callable taking parameters, e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``;

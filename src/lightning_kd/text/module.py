@@ -50,7 +50,8 @@ class CausalLMDistillationModule(DistillableModule):
     counted tokens; before the optimizer step (and before gradient clipping) the student's
     gradients are divided by the count over all micro-batches of that step and all ranks (one
     all-reduce per step). The update is the same for any ``accumulate_grad_batches`` and any
-    number of processes. The logged ``train/`` values are per token.
+    number of processes. The logged ``train/`` values are per token. (A subclass that overrides
+    ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)``.)
 
     The teacher is frozen as in :class:`~lightning_kd.DistillationModule` (the shared
     :class:`~lightning_kd.distillable.DistillableModule`). Metrics for ``val`` and ``test``, exact
