@@ -48,6 +48,7 @@ def test_distill_trains_a_teacher_once_stores_its_recipe_then_reuses_it(tmp_path
     assert recipe["recipe"]["trainer"]["max_epochs"] == 1 and recipe["recipe"]["seed"] == 0
     assert recipe["recipe"]["net"]["_target_"] == "lightning_kd.models.MLP"
     assert stored[0].stem.endswith(recipe["recipe_hash"])
+    assert recipe["config"]["teacher"]["train"]["max_epochs"] == 1 and recipe["config"]["stage"] == "distill"
     first = read_metrics(cfg)
     assert first["stage"] == "distill"
     assert first["distill"] == {"temperature": 3.0, "alpha": 0.7, "objective": "kl", "teacher_outputs": "live"}

@@ -106,18 +106,29 @@ def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
     train_classifier(cfg, "teacher", teacher, build_datamodule(cfg, include_unlabeled=False), where)
     if partial is not None:
         return teacher, str(where / "teacher.pt")
-    _store(stored, teacher, recipe, output_dir)
+    _store(stored, teacher, recipe, output_dir, _resolved_config(cfg))
     return teacher, str(stored)
 
 
+def _resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The whole config of the run that trained the teacher, resolved where it can be."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves inside a Hydra run
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
 @rank_zero_only
-def _store(path: Path, teacher: nn.Module, recipe: dict[str, Any], output_dir: Path) -> None:
-    """Write the recipe, then the weights (the weights' presence marks a complete entry)."""
-    trained = {
+def _store(path: Path, teacher: nn.Module, recipe: dict[str, Any], output_dir: Path, config: dict[str, Any]) -> None:
+    """Write the recipe and the resolved config, then the weights (their presence marks a complete entry)."""
+    entry = {
+        "recipe_hash": path.stem.rsplit("-", 1)[-1],
         "trained_in": str(output_dir / "teacher"),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": recipe,  # what the hash is of
+        "config": config,  # the whole config of the run that trained it
     }
-    save_json(path.with_suffix(".json"), {"recipe_hash": path.stem.rsplit("-", 1)[-1], **trained, "recipe": recipe})
+    save_json(path.with_suffix(".json"), entry)
     save_torch(path, teacher.state_dict())
 
 
