@@ -14,7 +14,8 @@ Nothing here imports Lightning. The conventions (see Hinton et al., 2015):
 
 One file per concept: ``divergences`` (the per-position formulas), ``soft_target`` (the soft
 loss, chunked or fused with the output head), ``hard_target`` (cross-entropy, logit matching),
-``topk`` (top-k teachers), ``chunking`` (the chunked autograd Functions), ``distillation_loss``.
+``topk`` (top-k teachers), ``chunking`` (the chunked autograd Functions), ``dkd`` (decoupled KD),
+``standardize`` (logit standardisation), ``distillation_loss``.
 """
 
 from lightning_kd.losses.checks import (
@@ -27,8 +28,10 @@ from lightning_kd.losses.checks import (
     check_temperature,
 )
 from lightning_kd.losses.distillation_loss import OBJECTIVES, DistillationLoss, DistillationLossOutput
+from lightning_kd.losses.dkd import DKDTerms, dkd_loss, dkd_terms
 from lightning_kd.losses.hard_target import hard_target_loss, linear_hard_target_loss, logit_matching_loss
 from lightning_kd.losses.soft_target import linear_soft_target_loss, soft_target_loss
+from lightning_kd.losses.standardize import standardize_logits
 from lightning_kd.losses.topk import TopKLogits
 
 __all__ = [
@@ -37,15 +40,19 @@ __all__ = [
     "OBJECTIVES",
     "VOCAB_ALIGNMENTS",
     "DistillationLoss",
+    "DKDTerms",
     "DistillationLossOutput",
     "TopKLogits",
     "check_alpha",
     "check_beta",
     "check_divergence",
     "check_temperature",
+    "dkd_loss",
+    "dkd_terms",
     "hard_target_loss",
     "linear_hard_target_loss",
     "linear_soft_target_loss",
     "logit_matching_loss",
     "soft_target_loss",
+    "standardize_logits",
 ]

@@ -54,6 +54,8 @@ class DistillationLoss(nn.Module):
         beta: The JSD's mixture weight, strictly between 0 and 1.
         chunk_size: Positions processed at a time by both terms (``None``: all at once).
         vocab_alignment: ``"error"`` or ``"truncate"``; see :func:`~lightning_kd.losses.soft_target_loss`.
+        standardize: Z-score both logits per position before the softened softmax (logit
+            standardisation); with ``objective="kl"`` only.
 
     Example:
         >>> import torch
@@ -74,6 +76,7 @@ class DistillationLoss(nn.Module):
         beta: float = 0.5,
         chunk_size: Optional[int] = None,
         vocab_alignment: str = "error",
+        standardize: bool = False,
     ):
         super().__init__()
         self.temperature = temperature
@@ -86,6 +89,9 @@ class DistillationLoss(nn.Module):
         self.beta = check_beta(beta) if divergence == "jsd" else float(beta)
         self.chunk_size = check_chunk_size(chunk_size)
         self.vocab_alignment = check_vocab_alignment(vocab_alignment)
+        if standardize and objective != "kl":
+            raise ValueError(f"standardize=True applies to objective='kl', got objective={objective!r}")
+        self.standardize = bool(standardize)
 
     @property
     def temperature(self) -> float:
@@ -113,6 +119,7 @@ class DistillationLoss(nn.Module):
             "objective": self.objective,
             "divergence": self.divergence,
             "beta": self.beta,
+            "standardize": self.standardize,
         }
 
     def extra_repr(self) -> str:
@@ -143,6 +150,7 @@ class DistillationLoss(nn.Module):
             num_positions=num_positions,
             chunk_size=self.chunk_size,
             vocab_alignment=self.vocab_alignment,
+            standardize=self.standardize,
         )
 
     def combine(self, soft: Tensor, hard: Optional[Tensor]) -> DistillationLossOutput:

@@ -20,6 +20,7 @@ from lightning_kd.losses.checks import (
 )
 from lightning_kd.losses.chunking import chunked_rows_sum, fused_linear_rows_sum
 from lightning_kd.losses.divergences import divergence_per_position, divergence_value_and_grad
+from lightning_kd.losses.standardize import standardize_logits
 from lightning_kd.losses.topk import TopKLogits
 
 __all__ = ["TeacherLogits", "aligned_classes", "linear_soft_target_loss", "soft_target_loss"]
@@ -116,6 +117,7 @@ def soft_target_loss(
     num_positions: Optional[Union[int, float, Tensor]] = None,
     chunk_size: Optional[int] = None,
     vocab_alignment: str = "error",
+    standardize: bool = False,
 ) -> Tensor:
     """Soft-target loss ``T**2 * D(softmax(t / T), softmax(s / T))``, averaged over positions.
 
@@ -146,6 +148,8 @@ def soft_target_loss(
             intermediate exists (same value and gradient).
         vocab_alignment: ``"error"`` (default) when the class counts differ, or ``"truncate"``
             to compare the first ``min(Vs, Vt)`` classes of both.
+        standardize: Z-score the student's and the teacher's logits per position first (logit
+            standardisation, Sun et al. 2024; see :func:`~lightning_kd.losses.standardize_logits`).
 
     Returns:
         A scalar tensor, float32 or float64.
@@ -169,6 +173,10 @@ def soft_target_loss(
     positions_shape = student_logits.shape[:-1]
     _check_teacher(teacher_logits, positions_shape, classes)
     classes = aligned_classes(classes, teacher_logits, vocab_alignment)
+    if standardize:
+        if isinstance(teacher_logits, TopKLogits):
+            raise ValueError("standardize=True needs every teacher logit (each row's mean and spread), not top-k")
+        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     rows = counted_rows(positions_shape, mask, student_logits.device)
     flat = student_logits.reshape(-1, student_logits.shape[-1])
     count = flat.shape[0] if rows is None else rows.numel()
