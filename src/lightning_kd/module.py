@@ -10,7 +10,7 @@ from lightning_kd.base import infer_num_classes
 from lightning_kd.batch import split_batch
 from lightning_kd.contract import StepOutput
 from lightning_kd.distillable import NON_FINITE_PARTS, DistillableModule
-from lightning_kd.losses import DistillationLoss, soft_target_loss
+from lightning_kd.losses import DistillationLoss, DKDLoss, soft_target_loss
 from lightning_kd.metrics import loggers_write_this_step, stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory
 
@@ -87,7 +87,7 @@ class DistillationModule(DistillableModule):
             "student_class": f"{type(student).__module__}.{type(student).__qualname__}",
             "teacher_class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
         }
-        if isinstance(self.loss, DistillationLoss):
+        if isinstance(self.loss, (DistillationLoss, DKDLoss)):
             hparams.update(self.loss.hparams())
         self.save_hyperparameters(hparams)
 
@@ -113,8 +113,10 @@ class DistillationModule(DistillableModule):
         logs = {"train/loss": out.total, "train/soft_loss": out.soft}
         if out.hard is not None:
             logs["train/hard_loss"] = out.hard
+        for name, value in (getattr(out, "terms", None) or {}).items():  # e.g. DKD's tckd and nckd
+            logs[f"train/{name}"] = value
         self.log_dict(logs, batch_size=batch_size, prog_bar=False)
-        for name in ("temperature", "alpha"):  # the values in use, after any schedule set them
+        for name in ("temperature", "alpha", "warmup"):  # the values in use, after any schedule set them
             value = getattr(self.loss, name, None)
             if value is not None:
                 self.log(f"train/{name}", float(value), batch_size=batch_size)

@@ -279,3 +279,14 @@ def test_valid_trainer_values_pass_validation(tmp_path, override):
     from lightning_kd.app.validate import validate_config
 
     validate_config(compose_train(tmp_path, override))
+
+
+def test_dkd_runs_through_kd_train_with_its_warmup_and_is_reported(tmp_path):
+    from lightning_kd.app.report import collect_runs, summarise
+
+    cfg = compose_train(tmp_path, "distill=dkd", "trainer=debug", "callbacks=[default,dkd_warmup]")
+    run(cfg)
+    distill = read_metrics(cfg)["distill"]
+    assert distill["objective"] == "dkd" and distill["beta_nckd"] == 8.0
+    labels = [row["label"] for row in summarise(collect_runs(tmp_dir(cfg)))["rows"]]
+    assert "DKD (T=4, beta=8)" in labels

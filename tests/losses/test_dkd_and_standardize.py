@@ -113,3 +113,24 @@ def test_standardize_refuses_what_it_cannot_do():
         soft_target_loss(student, TopKLogits.from_dense(teacher, 3), T, standardize=True)
     with pytest.raises(ValueError, match="standardize=True applies to objective='kl'"):
         DistillationLoss(objective="mse", standardize=True)
+
+
+def test_the_dkd_loss_module_weights_cross_entropy_and_the_warmed_up_dkd_term():
+    from lightning_kd.losses import DKDLoss, hard_target_loss
+
+    student, teacher, targets = batch(seed=5)
+    loss = DKDLoss(temperature=T, alpha_tckd=0.5, beta_nckd=4.0, ce_weight=2.0, warmup=0.25)
+    out = loss(student, teacher, targets)
+    terms = dkd_terms(student, teacher, targets, T)
+    torch.testing.assert_close(out.soft, 0.5 * terms.tckd + 4.0 * terms.nckd)
+    torch.testing.assert_close(out.hard, hard_target_loss(student, targets))
+    torch.testing.assert_close(out.total, 2.0 * out.hard + 0.25 * out.soft)
+    assert set(out.terms) == {"tckd", "nckd"}
+    loss.warmup = 0.0
+    torch.testing.assert_close(loss(student, teacher, targets).total, 2.0 * out.hard)
+    with pytest.raises(ValueError, match=r"warmup must be a number in \[0, 1\], got 1.5"):
+        loss.warmup = 1.5
+    with pytest.raises(ValueError, match="DKDLoss needs labels"):
+        loss(student, teacher, None)
+    with pytest.raises(ValueError, match=r"beta_nckd must be a number >= 0, got -1"):
+        DKDLoss(beta_nckd=-1)

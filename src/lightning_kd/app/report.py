@@ -99,14 +99,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _setting(run: dict) -> tuple:
     if run["stage"] == "distill":
         d = run["distill"]
-        return ("distill", d["objective"], float(d["alpha"]), float(d["temperature"]))
+        if d.get("objective") == "dkd":  # its weight of note is beta_nckd; it has no alpha
+            return ("distill", "dkd", float(d["beta_nckd"]), float(d["temperature"]))
+        return ("distill", d.get("objective", "kl"), float(d["alpha"]), float(d["temperature"]))
     return (run["stage"],)
 
 
 def _label(setting: tuple) -> str:
     if setting[0] == "distill":
-        _, objective, alpha, temperature = setting
-        return f"distilled (T={temperature:g}, alpha={alpha:g}{', mse' if objective == 'mse' else ''})"
+        _, objective, weight, temperature = setting
+        if objective == "dkd":
+            return f"DKD (T={temperature:g}, beta={weight:g})"
+        return f"distilled (T={temperature:g}, alpha={weight:g}{', mse' if objective == 'mse' else ''})"
     return {"student": "scratch student", "teacher": "teacher"}[setting[0]]
 
 
@@ -225,7 +229,9 @@ def plot(summary: dict[str, Any], path: Path) -> Optional[Path]:
             yerr=[r["test_acc_std"] for r in rows],
             marker="o",
             capsize=3,
-            label=f"distilled, alpha={alpha:g}" + (" (mse)" if objective == "mse" else ""),
+            label=f"DKD, beta={alpha:g}"
+            if objective == "dkd"
+            else f"distilled, alpha={alpha:g}" + (" (mse)" if objective == "mse" else ""),
         )
     for row, style in (
         (r, s) for r in summary["rows"] for k, s in (("student", "--"), ("teacher", ":")) if r["setting"][0] == k

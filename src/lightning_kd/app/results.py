@@ -33,5 +33,7 @@ def write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: floa
     if stage == "distill":
         loss = OmegaConf.to_container(cfg.distill.loss, resolve=True)
         results["distill"] = {key: value for key, value in loss.items() if not key.startswith("_")}
+        if str(loss.get("_target_", "")).endswith("DKDLoss"):
+            results["distill"]["objective"] = "dkd"
         results["distill"]["teacher_outputs"] = "cached" if cfg.distill.get("teacher_outputs") else "live"
     save_json(output_dir / METRICS_FILE, results)

@@ -10,6 +10,7 @@ from lightning_kd.callbacks.cache_teacher_outputs import CacheTeacherOutputs, Te
 from lightning_kd.callbacks.distillation_monitor import DistillationMonitor
 from lightning_kd.callbacks.export_student import ExportStudent
 from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
+from lightning_kd.callbacks.warmup_schedule import WarmupSchedule
 
 __all__ = [
     "DISTILLATION_CALLBACKS",
@@ -19,7 +20,15 @@ __all__ = [
     "ExportStudent",
     "TeacherOutputMismatchError",
     "TemperatureSchedule",
+    "WarmupSchedule",
 ]
 
 # The callbacks that need a DistillationModule (its loss, teacher outputs or student).
-DISTILLATION_CALLBACKS = (AlphaSchedule, CacheTeacherOutputs, DistillationMonitor, ExportStudent, TemperatureSchedule)
+DISTILLATION_CALLBACKS = (
+    AlphaSchedule,
+    CacheTeacherOutputs,
+    DistillationMonitor,
+    ExportStudent,
+    TemperatureSchedule,
+    WarmupSchedule,
+)

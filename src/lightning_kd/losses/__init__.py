@@ -28,7 +28,7 @@ from lightning_kd.losses.checks import (
     check_temperature,
 )
 from lightning_kd.losses.distillation_loss import OBJECTIVES, DistillationLoss, DistillationLossOutput
-from lightning_kd.losses.dkd import DKDTerms, dkd_loss, dkd_terms
+from lightning_kd.losses.dkd import DKDLoss, DKDTerms, dkd_loss, dkd_terms
 from lightning_kd.losses.hard_target import hard_target_loss, linear_hard_target_loss, logit_matching_loss
 from lightning_kd.losses.soft_target import linear_soft_target_loss, soft_target_loss
 from lightning_kd.losses.standardize import standardize_logits
@@ -40,6 +40,7 @@ __all__ = [
     "OBJECTIVES",
     "VOCAB_ALIGNMENTS",
     "DistillationLoss",
+    "DKDLoss",
     "DKDTerms",
     "DistillationLossOutput",
     "TopKLogits",

@@ -28,14 +28,17 @@ class DistillationLossOutput(NamedTuple):
     """The parts of a distillation loss.
 
     Attributes:
-        total: ``alpha * soft + (1 - alpha) * hard``, the value to minimise.
+        total: The value to minimise (``alpha * soft + (1 - alpha) * hard`` for a ``DistillationLoss``).
         soft: The soft term (a divergence at temperature ``T`` times ``T**2``, or logit matching).
         hard: The cross-entropy at ``T = 1``, or ``None`` when no targets were given.
+        terms: Further named parts of the soft term, logged as ``train/<name>`` (e.g. DKD's
+            ``tckd`` and ``nckd``), or ``None``.
     """
 
     total: Tensor
     soft: Tensor
     hard: Optional[Tensor]
+    terms: Optional[dict[str, Tensor]] = None
 
 
 class DistillationLoss(nn.Module):

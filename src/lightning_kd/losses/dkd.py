@@ -14,16 +14,19 @@ teacher is confident. DKD weights the terms freely, ``alpha_tckd * TCKD + beta_n
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_kd.losses.checks import IGNORE_INDEX, check_temperature, compute_dtype
+from lightning_kd.losses.distillation_loss import DistillationLossOutput
+from lightning_kd.losses.hard_target import hard_target_loss
 from lightning_kd.losses.standardize import standardize_logits
+from lightning_kd.losses.topk import TopKLogits
 
-__all__ = ["DKDTerms", "dkd_loss", "dkd_terms"]
+__all__ = ["DKDLoss", "DKDTerms", "dkd_loss", "dkd_terms"]
 
 
 class DKDTerms(NamedTuple):
@@ -126,3 +129,105 @@ def dkd_loss(
         student_logits, teacher_logits, targets, temperature, standardize=standardize, ignore_index=ignore_index
     )
     return alpha_tckd * terms.tckd + beta_nckd * terms.nckd
+
+
+def _check_weight(name: str, value: float, upper: Optional[float] = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or (upper and value > upper):
+        expected = f"a number in [0, {upper:g}]" if upper else "a number >= 0"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+class DKDLoss(nn.Module):
+    """Decoupled KD as a loss module: ``ce_weight * CE + warmup * (alpha_tckd * TCKD + beta_nckd * NCKD)``.
+
+    Use it as a ``DistillationModule``'s ``loss`` (``kd-train distill=dkd``). The returned
+    ``soft`` is the DKD term and ``hard`` the cross-entropy; ``terms`` holds ``tckd`` and ``nckd``
+    (logged as ``train/tckd``, ``train/nckd``). ``warmup`` is the DKD term's weight at this point
+    of training: the original recipe ramps it linearly from 0 to 1 over the first 20 epochs, which
+    :class:`~lightning_kd.callbacks.WarmupSchedule` does (``callbacks=[default,dkd_warmup]``).
+
+    Args:
+        temperature: Softmax temperature, finite and ``> 0``.
+        alpha_tckd: Weight of the target-class term.
+        beta_nckd: Weight of the non-target term.
+        ce_weight: Weight of the cross-entropy on the labels.
+        warmup: Initial weight of the DKD term, in ``[0, 1]``.
+        standardize: Z-score both logits per sample first (logit standardisation).
+        ignore_index: Label of unlabeled samples (they count in neither term).
+
+    Example:
+        >>> import torch
+        >>> out = DKDLoss(temperature=4.0)(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 1]))
+        >>> float(out.soft), round(float(out.total), 4), sorted(out.terms)
+        (0.0, 1.0986, ['nckd', 'tckd'])
+    """
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        alpha_tckd: float = 1.0,
+        beta_nckd: float = 8.0,
+        ce_weight: float = 1.0,
+        warmup: float = 1.0,
+        standardize: bool = False,
+        ignore_index: int = IGNORE_INDEX,
+    ):
+        super().__init__()
+        self.temperature = temperature
+        self.alpha_tckd = _check_weight("alpha_tckd", alpha_tckd)
+        self.beta_nckd = _check_weight("beta_nckd", beta_nckd)
+        self.ce_weight = _check_weight("ce_weight", ce_weight)
+        self.warmup = warmup
+        self.standardize = bool(standardize)
+        self.ignore_index = ignore_index
+
+    @property
+    def temperature(self) -> float:
+        """Temperature of the DKD term; validated on every assignment."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = check_temperature(value)
+
+    @property
+    def warmup(self) -> float:
+        """Weight of the DKD term in ``[0, 1]``; validated on every assignment (a schedule sets it)."""
+        return self._warmup
+
+    @warmup.setter
+    def warmup(self, value: float) -> None:
+        self._warmup = _check_weight("warmup", value, upper=1.0)
+
+    def hparams(self) -> dict:
+        """Primitive settings, fit for a checkpoint's hyperparameters."""
+        return {
+            "objective": "dkd",
+            "temperature": self.temperature,
+            "alpha_tckd": self.alpha_tckd,
+            "beta_nckd": self.beta_nckd,
+            "ce_weight": self.ce_weight,
+            "standardize": self.standardize,
+        }
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Optional[Tensor] = None
+    ) -> DistillationLossOutput:
+        """Compute the loss; DKD needs labels (its split is at the target class)."""
+        if targets is None:
+            raise ValueError("DKDLoss needs labels: its terms are split at each sample's target class")
+        if isinstance(teacher_logits, TopKLogits):
+            raise ValueError("DKDLoss needs every teacher logit, not a top-k teacher")
+        terms = dkd_terms(
+            student_logits,
+            teacher_logits,
+            targets,
+            self.temperature,
+            standardize=self.standardize,
+            ignore_index=self.ignore_index,
+        )
+        soft = self.alpha_tckd * terms.tckd + self.beta_nckd * terms.nckd
+        hard = hard_target_loss(student_logits, targets, self.ignore_index)
+        total = self.ce_weight * hard + self.warmup * soft if self.warmup > 0 else self.ce_weight * hard
+        return DistillationLossOutput(total, soft, hard, {"tckd": terms.tckd, "nckd": terms.nckd})
