@@ -19,18 +19,17 @@
 #   python3 -m pip wheel --no-deps -w benchmarks/wheels antlr4-python3-runtime==4.9.3
 # (antlr4-python3-runtime 4.9.3 is published as an sdist only: `pip wheel` builds its
 # py3-none-any wheel, which installs offline without setuptools.) Every *.whl in the folder is
-# installed, with --no-deps: keep one version of each. PyYAML and packaging are already on the
-# lent machine; for a python without PyYAML, add its platform wheel for that python, e.g.
+# installed, with --no-deps: keep one version of each. For a python without PyYAML or packaging,
+# add their wheels for that python, e.g.
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d benchmarks/wheels PyYAML
 #
-# On the lent GPU machine (device tool `run`: one H200, python3 3.12 with torch, lightning,
-# torchmetrics, PyYAML and pytest but no hydra-core/omegaconf/antlr4, no network), carry the
-# git-ignored wheels with the working tree:
-#   run  carry=["benchmarks/wheels"]  timeout_s=600  command="bash benchmarks/gpu_check.sh"
-# The whole script keeps within GPU_CHECK_BUDGET seconds (default 540, under run's 10-minute
-# limit): each step has its own timeout, cut to what is left of the budget. There, the three
-# metrics.json files and the log of a failed step are also copied to $OUT, so they come back.
+# On a GPU machine without network access (a python with CUDA torch, lightning, torchmetrics,
+# PyYAML and pytest, but no hydra-core/omegaconf/antlr4), copy the working tree together with
+# the git-ignored benchmarks/wheels/ and run `bash benchmarks/gpu_check.sh`.
+# The whole script keeps within GPU_CHECK_BUDGET seconds (default 540): each step has its own
+# timeout, cut to what is left of the budget. When $OUT names a folder, the three metrics.json
+# files and the log of a failed step are also copied there (for a runner that returns a folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +37,7 @@ if [[ -z ${PY:-} ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 WHEELS=benchmarks/wheels
-WORK=$(mktemp -d)   # not $OUT: on the lent machine $OUT is the folder whose files come back
+WORK=$(mktemp -d)   # not $OUT: that folder, when set, receives only the results
 BACK=${OUT:-}       # that folder, if any
 deadline=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
