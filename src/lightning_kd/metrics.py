@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping, Optional
 
 import lightning as L
 from torch import nn
@@ -32,8 +32,27 @@ def loggers_write_this_step(module: L.LightningModule) -> bool:
     return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
 
 
-def stage_metrics(names: Iterable[str], stages: Iterable[str] = ("val", "test")) -> nn.ModuleDict:
-    """Build ``{stage: {name: MeanMetric}}``.
+class ExpMeanMetric(MeanMetric):
+    """``exp`` of a weighted mean: perplexity from per-token negative log-likelihoods.
+
+    Example:
+        >>> import math, torch
+        >>> ppl = ExpMeanMetric()
+        >>> ppl.update(torch.tensor(math.log(4.0)), weight=10)
+        >>> round(float(ppl.compute()), 4)
+        4.0
+    """
+
+    def compute(self):
+        return super().compute().exp()
+
+
+def stage_metrics(
+    names: Iterable[str],
+    stages: Iterable[str] = ("val", "test"),
+    kinds: Optional[Mapping[str, type[MeanMetric]]] = None,
+) -> nn.ModuleDict:
+    """Build ``{stage: {name: MeanMetric}}`` (``kinds[name]`` instead where given, e.g. :class:`ExpMeanMetric`).
 
     Every metric is an average of per-sample values (accuracy is the mean of "prediction is
     right"), weighted by the number of samples, so it is exact over the whole dataset and is
@@ -44,8 +63,10 @@ def stage_metrics(names: Iterable[str], stages: Iterable[str] = ("val", "test"))
         >>> sorted(metrics["val"])
         ['acc', 'loss']
     """
-    names = list(names)
-    return nn.ModuleDict({stage: nn.ModuleDict({name: MeanMetric() for name in names}) for stage in stages})
+    names, kinds = list(names), kinds or {}
+    return nn.ModuleDict(
+        {stage: nn.ModuleDict({name: kinds.get(name, MeanMetric)() for name in names}) for stage in stages}
+    )
 
 
 class ResetMetricsOnEvaluationStart:
@@ -66,18 +87,3 @@ class ResetMetricsOnEvaluationStart:
 
     def on_test_epoch_start(self) -> None:
         self._reset_metrics("test")
-
-
-class ExpMeanMetric(MeanMetric):
-    """``exp`` of a weighted mean: perplexity from per-token negative log-likelihoods.
-
-    Example:
-        >>> import math, torch
-        >>> ppl = ExpMeanMetric()
-        >>> ppl.update(torch.tensor(math.log(4.0)), weight=10)
-        >>> round(float(ppl.compute()), 4)
-        4.0
-    """
-
-    def compute(self):
-        return super().compute().exp()

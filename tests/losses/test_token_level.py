@@ -224,6 +224,12 @@ def test_different_vocabularies_fail_unless_truncated():
     top = TopKLogits(torch.randn(2, 4, 3), torch.tensor([0, 5, 11]).expand(2, 4, 3))
     with pytest.raises(ValueError, match=r"indexes class 11, beyond the student's 10 classes"):
         soft_target_loss(student, top, T)
+    kept = TopKLogits(top.values[..., :2], top.indices[..., :2])  # truncating drops the entry at class 11
+    expected = soft_target_loss(student, kept, T)
+    for chunk_size in (None, 3):
+        torch.testing.assert_close(
+            soft_target_loss(student, top, T, vocab_alignment="truncate", chunk_size=chunk_size), expected
+        )
 
 
 @pytest.mark.parametrize("beta", [0.0, 1.0, float("nan"), -0.5, 2.0])

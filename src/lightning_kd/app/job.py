@@ -9,7 +9,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_kd.app.building import (
     build_datamodule,
@@ -22,7 +22,7 @@ from lightning_kd.app.building import (
 )
 from lightning_kd.app.errors import ConfigError
 from lightning_kd.app.measure import count_parameters, forward_latency_ms
-from lightning_kd.app.results import write_results
+from lightning_kd.app.results import distill_settings, write_results
 from lightning_kd.app.trained_teachers import obtain_teacher
 from lightning_kd.app.validate import STAGES, validate_config
 from lightning_kd.files import save_torch
@@ -46,13 +46,10 @@ def run(cfg: DictConfig) -> float:
         return _distill(cfg, output_dir)
     resume_from = resume_checkpoint(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    network = build_network(cfg.teacher.net if cfg.stage == "teacher" else cfg.student, _network_key(cfg.stage))
+    key = "teacher.net" if cfg.stage == "teacher" else "student"
+    network = build_network(OmegaConf.select(cfg, key), key)
     datamodule = build_datamodule(cfg, include_unlabeled=False)
     return train_classifier(cfg, cfg.stage, network, datamodule, output_dir, resume_from)
-
-
-def _network_key(stage: str) -> str:
-    return "teacher.net" if stage == "teacher" else "student"
 
 
 def _refuse_relaunching_strategy_in_a_sweep(cfg: DictConfig) -> None:
@@ -106,6 +103,7 @@ def _distill(cfg: DictConfig, output_dir: Path) -> float:
         tested,
         params={"student": count_parameters(student), "teacher": count_parameters(teacher)},
         weights=weights.name,
+        distill=distill_settings(cfg, loss),
         teacher={"source": teacher_source, "test/acc": tested["test/teacher_acc"]},
         latency_ms={"student": forward_latency_ms(student, x), "teacher": forward_latency_ms(teacher, x)},
     )

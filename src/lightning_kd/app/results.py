@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_kd.files import save_json
 
-__all__ = ["METRICS_FILE", "write_results"]
+__all__ = ["METRICS_FILE", "distill_settings", "write_results"]
 
 METRICS_FILE = "metrics.json"  # settings and final metrics of one run, machine-readable
 
@@ -30,10 +30,15 @@ def write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: floa
         "test": tested,
         **extra,
     }
-    if stage == "distill":
-        loss = OmegaConf.to_container(cfg.distill.loss, resolve=True)
-        results["distill"] = {key: value for key, value in loss.items() if not key.startswith("_")}
-        if str(loss.get("_target_", "")).endswith("DKDLoss"):
-            results["distill"]["objective"] = "dkd"
-        results["distill"]["teacher_outputs"] = "cached" if cfg.distill.get("teacher_outputs") else "live"
     save_json(output_dir / METRICS_FILE, results)
+
+
+def distill_settings(cfg: DictConfig, loss: Any) -> dict[str, Any]:
+    """What ``metrics.json`` records of a distillation: the loss's configured arguments, its
+    ``objective`` as the loss itself names it (``kl``, ``mse``, ``dkd``), and where the teacher's
+    outputs came from."""
+    configured = OmegaConf.to_container(cfg.distill.loss, resolve=True)
+    settings = {key: value for key, value in configured.items() if not key.startswith("_")}
+    settings["objective"] = getattr(loss, "objective", settings.get("objective"))
+    settings["teacher_outputs"] = "cached" if cfg.distill.get("teacher_outputs") else "live"
+    return settings

@@ -93,7 +93,7 @@ class ExportStudent(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.example_input is None and not self.keyword_inputs:
-            x = batch if isinstance(batch, Mapping) and "input_ids" in batch else split_batch(batch).x
+            x = split_batch(batch).x  # a tokenized batch gives its keyword inputs
             if isinstance(x, Tensor):
                 self.example_input = x[:1].detach().cpu().clone()
             elif isinstance(x, Mapping):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "CheckedAttribute",
     "DIVERGENCES",
     "IGNORE_INDEX",
     "VOCAB_ALIGNMENTS",
@@ -61,6 +62,32 @@ def check_beta(beta: float) -> float:
             "the JSD vanish: use divergence='forward_kl' or divergence='reverse_kl' for those ends"
         )
     return float(beta)
+
+
+class CheckedAttribute:
+    """An attribute whose every assignment goes through ``check`` (a schedule may set it during training).
+
+    Example:
+        >>> class Loss:
+        ...     temperature = CheckedAttribute(check_temperature, "Softmax temperature.")
+        >>> loss = Loss()
+        >>> loss.temperature = 2
+        >>> loss.temperature
+        2.0
+    """
+
+    def __init__(self, check: Callable[[Any], Any], doc: str = ""):
+        self.check = check
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.storage = f"_{name}"
+
+    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
+        return self if instance is None else getattr(instance, self.storage)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        setattr(instance, self.storage, self.check(value))
 
 
 def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:

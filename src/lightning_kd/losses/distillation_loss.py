@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from lightning_kd.losses.checks import (
     IGNORE_INDEX,
+    CheckedAttribute,
     check_alpha,
     check_beta,
     check_chunk_size,
@@ -68,6 +69,9 @@ class DistillationLoss(nn.Module):
         (0.0, 1.0986, 0.5493)
     """
 
+    temperature = CheckedAttribute(check_temperature, "Temperature of the soft term; checked on every assignment.")
+    alpha = CheckedAttribute(check_alpha, "Weight of the soft term; checked on every assignment.")
+
     def __init__(
         self,
         temperature: float = 4.0,
@@ -95,24 +99,6 @@ class DistillationLoss(nn.Module):
         if standardize and objective != "kl":
             raise ValueError(f"standardize=True applies to objective='kl', got objective={objective!r}")
         self.standardize = bool(standardize)
-
-    @property
-    def temperature(self) -> float:
-        """Temperature of the soft term; validated on every assignment."""
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
-
-    @property
-    def alpha(self) -> float:
-        """Weight of the soft term; validated on every assignment."""
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self._alpha = check_alpha(value)
 
     def hparams(self) -> dict:
         """Primitive settings, fit for a checkpoint's hyperparameters."""

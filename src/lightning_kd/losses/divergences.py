@@ -24,12 +24,25 @@ from torch import Tensor
 from lightning_kd.losses.checks import compute_dtype
 from lightning_kd.losses.topk import TopKLogits
 
-__all__ = ["cross_entropy_value_and_grad", "divergence_per_position", "divergence_value_and_grad"]
+__all__ = ["cross_entropy_value_and_grad", "divergence_per_position", "divergence_value_and_grad", "kl_terms"]
+
+
+def kl_terms(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """``a (log a - log b)`` elementwise, 0 where ``a`` is 0 (``log a = -inf``), with finite gradients."""
+    return log_a.exp() * torch.where(log_a > float("-inf"), log_a - log_b, 0.0)
 
 
 def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
-    """``sum a (log a - log b)`` per row, with ``0 log 0 = 0``."""
-    return F.kl_div(log_b, log_a, reduction="none", log_target=True).sum(dim=-1)
+    """``sum a (log a - log b)`` per row."""
+    return kl_terms(log_a, log_b).sum(dim=-1)
+
+
+def _refuse_top_k(divergence: str) -> None:
+    if divergence != "forward_kl":
+        raise ValueError(
+            f"a top-k teacher supports divergence='forward_kl' only, got {divergence!r}: the teacher's "
+            "distribution outside its k classes is unknown, and the other divergences need it"
+        )
 
 
 def divergence_per_position(
@@ -54,11 +67,7 @@ def divergence_per_position(
     )
     log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     if isinstance(teacher_logits, TopKLogits):
-        if divergence != "forward_kl":
-            raise ValueError(
-                f"a top-k teacher supports divergence='forward_kl' only, got {divergence!r}: the teacher's "
-                "distribution outside its k classes is unknown, and the other divergences need it"
-            )
+        _refuse_top_k(divergence)
         log_p = F.log_softmax(teacher_logits.values.to(dtype) / temperature, dim=-1)
         log_q_at_k = log_q.gather(-1, teacher_logits.indices.long())
         per = _kl(log_p, log_q_at_k)
@@ -115,17 +124,13 @@ def divergence_value_and_grad(
     t2 = temperature**2
     log_q = _log_softmax_(logits, temperature)
     if isinstance(teacher_logits, TopKLogits):
-        if divergence != "forward_kl":
-            raise ValueError(
-                f"a top-k teacher supports divergence='forward_kl' only, got {divergence!r}: the teacher's "
-                "distribution outside its k classes is unknown, and the other divergences need it"
-            )
+        _refuse_top_k(divergence)
         log_p = F.log_softmax(teacher_logits.values.to(log_q.dtype) / temperature, dim=-1)
         p = log_p.exp()
         indices = teacher_logits.indices.long()
-        terms = torch.where(p > 0, p * (log_p - log_q.gather(-1, indices)), 0.0)
+        value = kl_terms(log_p, log_q.gather(-1, indices)).sum()
         grad = log_q.exp_().scatter_add_(-1, indices, -p)  # q - p~ (p~ placed at the teacher's classes)
-        return terms.sum() * t2, grad.mul_(temperature)
+        return value * t2, grad.mul_(temperature)
     log_p = _log_softmax_(teacher_logits.to(log_q.dtype, copy=True), temperature)
     if divergence == "forward_kl":
         p = log_p.exp()

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_kd.losses.checks import IGNORE_INDEX, check_temperature, compute_dtype
+from lightning_kd.losses.checks import IGNORE_INDEX, CheckedAttribute, check_temperature, compute_dtype
 from lightning_kd.losses.distillation_loss import DistillationLossOutput
+from lightning_kd.losses.divergences import kl_terms
 from lightning_kd.losses.hard_target import hard_target_loss
 from lightning_kd.losses.standardize import standardize_logits
 from lightning_kd.losses.topk import TopKLogits
@@ -42,11 +43,6 @@ def _split_at_target(log_probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor
     others = log_probs.scatter(-1, targets.unsqueeze(-1), float("-inf"))
     log_rest = torch.logsumexp(others, dim=-1)  # log(1 - p_t), without the cancellation of 1 - p_t
     return at_target, log_rest, others - log_rest.unsqueeze(-1)
-
-
-def _kl_terms(log_a: Tensor, log_b: Tensor) -> Tensor:
-    """``a (log a - log b)`` elementwise, 0 where ``a`` is 0."""
-    return torch.where(log_a > float("-inf"), log_a.exp() * (log_a - log_b), 0.0)
 
 
 def dkd_terms(
@@ -84,8 +80,8 @@ def dkd_terms(
     log_q, log_p = F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1)
     q_t, q_rest, q_other = _split_at_target(log_q, y)
     p_t, p_rest, p_other = _split_at_target(log_p, y)
-    tckd = _kl_terms(p_t, q_t) + _kl_terms(p_rest, q_rest)
-    nckd = _kl_terms(p_other, q_other).sum(dim=-1)
+    tckd = kl_terms(p_t, q_t) + kl_terms(p_rest, q_rest)
+    nckd = kl_terms(p_other, q_other).sum(dim=-1)
     count = max(int(labeled.sum()), 1)
     return DKDTerms(tckd.sum() * temperature**2 / count, nckd.sum() * temperature**2 / count)
 
@@ -163,6 +159,13 @@ class DKDLoss(nn.Module):
         (0.0, 1.0986, ['nckd', 'tckd'])
     """
 
+    objective = "dkd"
+    temperature = CheckedAttribute(check_temperature, "Temperature of the DKD term; checked on every assignment.")
+    warmup = CheckedAttribute(
+        lambda value: _check_weight("warmup", value, upper=1.0),
+        "Weight of the DKD term in [0, 1]; a schedule sets it.Weight of the DKD term in [0, 1] (a schedule sets it).",
+    )
+
     def __init__(
         self,
         temperature: float = 4.0,
@@ -182,28 +185,10 @@ class DKDLoss(nn.Module):
         self.standardize = bool(standardize)
         self.ignore_index = ignore_index
 
-    @property
-    def temperature(self) -> float:
-        """Temperature of the DKD term; validated on every assignment."""
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
-
-    @property
-    def warmup(self) -> float:
-        """Weight of the DKD term in ``[0, 1]``; validated on every assignment (a schedule sets it)."""
-        return self._warmup
-
-    @warmup.setter
-    def warmup(self, value: float) -> None:
-        self._warmup = _check_weight("warmup", value, upper=1.0)
-
     def hparams(self) -> dict:
         """Primitive settings, fit for a checkpoint's hyperparameters."""
         return {
-            "objective": "dkd",
+            "objective": self.objective,
             "temperature": self.temperature,
             "alpha_tckd": self.alpha_tckd,
             "beta_nckd": self.beta_nckd,

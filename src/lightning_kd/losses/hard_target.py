@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_kd.losses.checks import IGNORE_INDEX, compute_dtype, counted_rows, normalise
-from lightning_kd.losses.chunking import chunked_rows_sum, fused_linear_rows_sum
+from lightning_kd.losses.chunking import ChunkValueAndGrad, chunked_rows_sum, fused_linear_rows_sum
 from lightning_kd.losses.divergences import cross_entropy_value_and_grad
 
 __all__ = ["hard_target_loss", "linear_hard_target_loss", "logit_matching_loss"]
@@ -25,6 +25,15 @@ def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
             "student and teacher logits must have the same shape, got "
             f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}"
         )
+
+
+def _cross_entropy_chunks(flat_targets: Tensor) -> ChunkValueAndGrad:
+    """The closed-form cross-entropy and gradient of a chunk of rows against their targets."""
+
+    def value_and_grad(logits: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        return cross_entropy_value_and_grad(logits, flat_targets.index_select(0, index))
+
+    return value_and_grad
 
 
 def logit_matching_loss(
@@ -113,10 +122,8 @@ def hard_target_loss(
     else:
         rows = (flat_targets != ignore_index).nonzero().squeeze(-1)
 
-        def chunk_value_and_grad(chunk: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-            return cross_entropy_value_and_grad(chunk, flat_targets.index_select(0, index))
-
-        total = chunked_rows_sum(student_logits.reshape(-1, num_classes), rows, chunk_value_and_grad, chunk_size)
+        chunk_fn = _cross_entropy_chunks(flat_targets)
+        total = chunked_rows_sum(student_logits.reshape(-1, num_classes), rows, chunk_fn, chunk_size)
     return normalise(total, counted, num_positions)
 
 
@@ -147,9 +154,6 @@ def linear_hard_target_loss(
     counted = flat_targets != ignore_index
     rows = counted.nonzero().squeeze(-1)
 
-    def chunk_value_and_grad(logits: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        return cross_entropy_value_and_grad(logits, flat_targets.index_select(0, index))
-
     flat = student_hidden.reshape(-1, student_hidden.shape[-1])
-    total = fused_linear_rows_sum(flat, head_weight, head_bias, rows, chunk_value_and_grad, chunk_size)
+    total = fused_linear_rows_sum(flat, head_weight, head_bias, rows, _cross_entropy_chunks(flat_targets), chunk_size)
     return normalise(total, counted.sum(), num_positions)

@@ -18,7 +18,7 @@ from lightning_kd.losses.checks import (
     counted_rows,
     normalise,
 )
-from lightning_kd.losses.chunking import chunked_rows_sum, fused_linear_rows_sum
+from lightning_kd.losses.chunking import ChunkValueAndGrad, chunked_rows_sum, fused_linear_rows_sum
 from lightning_kd.losses.divergences import divergence_per_position, divergence_value_and_grad
 from lightning_kd.losses.standardize import standardize_logits
 from lightning_kd.losses.topk import TopKLogits
@@ -95,15 +95,21 @@ def _teacher_rows(teacher_logits: TeacherLogits, index: Tensor, classes: int) ->
     return teacher_logits.reshape(-1, teacher_logits.shape[-1]).index_select(0, index)[:, :classes]
 
 
-def _value_and_grad(
-    logits: Tensor, classes: int, teacher: TeacherLogits, temperature: float, divergence: str, beta: float
-) -> tuple[Tensor, Tensor]:
-    """A chunk's value and gradient over its first ``classes`` columns (the rest, when truncated, get 0)."""
-    if classes == logits.shape[1]:
-        return divergence_value_and_grad(logits, teacher, temperature, divergence, beta)
-    value, grad = divergence_value_and_grad(logits[:, :classes].clone(), teacher, temperature, divergence, beta)
-    logits.zero_()[:, :classes] = grad
-    return value, logits
+def _chunk_value_and_grad(
+    teacher_logits: TeacherLogits, classes: int, temperature: float, divergence: str, beta: float
+) -> ChunkValueAndGrad:
+    """The closed-form value and gradient of a chunk of rows, over their first ``classes`` columns
+    (the rest, when truncated, get a zero gradient)."""
+
+    def value_and_grad(logits: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        teacher = _teacher_rows(teacher_logits, index, classes)
+        if classes == logits.shape[1]:
+            return divergence_value_and_grad(logits, teacher, temperature, divergence, beta)
+        value, grad = divergence_value_and_grad(logits[:, :classes].clone(), teacher, temperature, divergence, beta)
+        logits.zero_()[:, :classes] = grad
+        return value, logits
+
+    return value_and_grad
 
 
 def soft_target_loss(
@@ -181,17 +187,10 @@ def soft_target_loss(
     flat = student_logits.reshape(-1, student_logits.shape[-1])
     count = flat.shape[0] if rows is None else rows.numel()
 
-    def rows_loss(logits: Tensor, index: Tensor) -> Tensor:
-        teacher = _teacher_rows(teacher_logits, index, classes)
-        return divergence_per_position(logits[:, :classes], teacher, temperature, divergence, beta).sum()
-
-    def chunk_value_and_grad(logits: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        teacher = _teacher_rows(teacher_logits, index, classes)
-        return _value_and_grad(logits, classes, teacher, temperature, divergence, beta)
-
     dense = isinstance(teacher_logits, Tensor) and classes == flat.shape[1] == teacher_logits.shape[-1]
     if chunk_size is not None:
-        total = chunked_rows_sum(flat, rows, chunk_value_and_grad, chunk_size)
+        chunk_fn = _chunk_value_and_grad(teacher_logits, classes, temperature, divergence, beta)
+        total = chunked_rows_sum(flat, rows, chunk_fn, chunk_size)
     elif rows is None and dense and divergence == "forward_kl":
         # One fused sum (the seed's kernel, bit for bit): a small student's step is dominated by such kernels.
         dtype = compute_dtype(student_logits, teacher_logits)
@@ -200,7 +199,10 @@ def soft_target_loss(
         total = F.kl_div(log_q, log_p, reduction="sum", log_target=True) * temperature**2
     else:
         index = torch.arange(count, device=flat.device) if rows is None else rows
-        total = rows_loss(flat.index_select(0, index), index)
+        teacher = _teacher_rows(teacher_logits, index, classes)
+        total = divergence_per_position(
+            flat.index_select(0, index)[:, :classes], teacher, temperature, divergence, beta
+        ).sum()
     return normalise(total, count, num_positions)
 
 
@@ -266,9 +268,6 @@ def linear_soft_target_loss(
     flat = student_hidden.reshape(-1, student_hidden.shape[-1])
     count = flat.shape[0] if rows is None else rows.numel()
 
-    def chunk_value_and_grad(logits: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        teacher = _teacher_rows(teacher_logits, index, classes)
-        return _value_and_grad(logits, classes, teacher, temperature, divergence, beta)
-
-    total = fused_linear_rows_sum(flat, head_weight, head_bias, rows, chunk_value_and_grad, chunk_size)
+    chunk_fn = _chunk_value_and_grad(teacher_logits, classes, temperature, divergence, beta)
+    total = fused_linear_rows_sum(flat, head_weight, head_bias, rows, chunk_fn, chunk_size)
     return normalise(total, count, num_positions)

@@ -7,7 +7,6 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from lightning_kd.base import attached_trainer
 from lightning_kd.batch import forward_logits
@@ -21,7 +20,7 @@ from lightning_kd.losses import (
     soft_target_loss,
 )
 from lightning_kd.losses.soft_target import aligned_classes
-from lightning_kd.metrics import ExpMeanMetric, loggers_write_this_step
+from lightning_kd.metrics import ExpMeanMetric, loggers_write_this_step, stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory
 from lightning_kd.text.batches import LanguageModelBatch, split_lm_batch
 
@@ -115,14 +114,7 @@ class CausalLMDistillationModule(DistillableModule):
             )
         self.loss_on = loss_on
         self.mass_tolerance = float(mass_tolerance)
-        self.metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {name: ExpMeanMetric() if name.endswith("ppl") else MeanMetric() for name in EVAL_METRICS}
-                )
-                for stage in ("val", "test")
-            }
-        )
+        self.metrics = stage_metrics(EVAL_METRICS, kinds={"ppl": ExpMeanMetric, "teacher_ppl": ExpMeanMetric})
         self._tokens_this_step: Optional[Tensor] = None
         self._vocabulary_checked = False
         hparams: dict[str, Any] = {
