@@ -4,5 +4,6 @@ from lightning_kd.data.base import TensorDataModule
 from lightning_kd.data.digits import DigitsDataModule
 from lightning_kd.data.fashion_mnist import FashionMNISTDataModule
 from lightning_kd.data.indexed import IndexedDataset
+from lightning_kd.data.token_blocks import TokenBlocks
 
-__all__ = ["DigitsDataModule", "FashionMNISTDataModule", "IndexedDataset", "TensorDataModule"]
+__all__ = ["DigitsDataModule", "FashionMNISTDataModule", "IndexedDataset", "TensorDataModule", "TokenBlocks"]

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_kd.base import attached_trainer
 from lightning_kd.batch import forward_logits
 from lightning_kd.contract import StepOutput
 from lightning_kd.distillable import NON_FINITE_PARTS, DistillableModule
@@ -23,8 +22,9 @@ from lightning_kd.losses.soft_target import aligned_classes
 from lightning_kd.metrics import ExpMeanMetric, loggers_write_this_step, stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory
 from lightning_kd.text.batches import LanguageModelBatch, split_lm_batch
+from lightning_kd.text.token_count import PerTokenGradients
 
-__all__ = ["LOSS_ON", "CausalLMDistillationModule", "tokenizer_identity"]
+__all__ = ["LOSS_ON", "CausalLMDistillationModule", "last_position_prediction", "tokenizer_identity"]
 
 LOSS_ON = ("logits", "hidden")
 EVAL_METRICS = ("loss", "ppl", "teacher_ppl", "token_acc", "teacher_agreement", "kl")
@@ -36,7 +36,7 @@ def tokenizer_identity(model: nn.Module) -> Optional[str]:
     return found if found is not None else getattr(getattr(model, "config", None), "tokenizer_identity", None)
 
 
-class CausalLMDistillationModule(DistillableModule):
+class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
     """Token-level distillation of a frozen causal language model into a trainable one.
 
     Batches are dicts with ``input_ids`` ``[B, L]``, optional ``attention_mask`` and ``labels``
@@ -45,12 +45,10 @@ class CausalLMDistillationModule(DistillableModule):
     ``.logits`` (Hugging Face outputs): any ``nn.Module`` works. Position ``t``'s logits are scored
     against token ``t + 1``; the soft and the hard term count the same tokens.
 
-    **One token count per optimizer step.** Each micro-batch adds its loss summed over its
-    counted tokens; before the optimizer step (and before gradient clipping) the student's
-    gradients are divided by the count over all micro-batches of that step and all ranks (one
-    all-reduce per step). The update is the same for any ``accumulate_grad_batches`` and any
-    number of processes. The logged ``train/`` values are per token. (A subclass that overrides
-    ``on_before_optimizer_step`` calls ``super().on_before_optimizer_step(optimizer)``.)
+    **One token count per optimizer step** (:class:`~lightning_kd.text.token_count.PerTokenGradients`):
+    each micro-batch adds its loss summed over its counted tokens, and the student's gradients
+    are divided by the count over all micro-batches of the step and all ranks before the
+    optimizer step. The logged ``train/`` values are per token.
 
     The teacher is frozen as in :class:`~lightning_kd.DistillationModule` (the shared
     :class:`~lightning_kd.distillable.DistillableModule`). Metrics for ``val`` and ``test``, exact
@@ -115,7 +113,6 @@ class CausalLMDistillationModule(DistillableModule):
         self.loss_on = loss_on
         self.mass_tolerance = float(mass_tolerance)
         self.metrics = stage_metrics(EVAL_METRICS, kinds={"ppl": ExpMeanMetric, "teacher_ppl": ExpMeanMetric})
-        self._tokens_this_step: Optional[Tensor] = None
         self._vocabulary_checked = False
         hparams: dict[str, Any] = {
             "student_class": f"{type(student).__module__}.{type(student).__qualname__}",
@@ -176,7 +173,7 @@ class CausalLMDistillationModule(DistillableModule):
             self._check_vocabulary(student_logits.shape[-1], teacher_logits, parts.mask)
             out = self.loss(student_logits, teacher_logits, parts.targets, parts.mask, num_positions=1)
         tokens = parts.mask.sum()
-        self._tokens_this_step = tokens if self._tokens_this_step is None else self._tokens_this_step + tokens
+        self.count_tokens(tokens)
         teacher_values = teacher_logits.values if isinstance(teacher_logits, TopKLogits) else teacher_logits
         self.check_finite(
             batch_idx,
@@ -236,24 +233,6 @@ class CausalLMDistillationModule(DistillableModule):
             if value is not None:
                 self.log(f"train/{name}", float(value), batch_size=max(batch_size, 1))
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Divide the accumulated sums by this step's token count over all micro-batches and ranks.
-
-        Lightning divided each micro-batch's loss by ``accumulate_grad_batches`` and data
-        parallelism averages the gradients over the ranks; both are undone here, so the gradient
-        is ``sum of per-token gradients / tokens of the step``, before any gradient clipping.
-        """
-        trainer = attached_trainer(self)
-        tokens = self._tokens_this_step
-        self._tokens_this_step = None
-        if trainer is None or tokens is None:
-            return
-        total = trainer.strategy.reduce(tokens.detach().long().reshape(1), reduce_op="sum")
-        scale = trainer.accumulate_grad_batches * trainer.world_size / total.clamp(min=1)
-        for parameter in self.student.parameters():
-            if parameter.grad is not None:
-                parameter.grad.mul_(scale.to(parameter.grad.dtype))
-
     # --- evaluation -------------------------------------------------------------------------
 
     def _evaluate(self, batch: Any, stage: str) -> StepOutput:
@@ -299,15 +278,19 @@ class CausalLMDistillationModule(DistillableModule):
         """The next-token distribution after each sequence's last attended token, at ``T = 1``:
         ``{"probs": [B, V], "preds": [B]}``."""
         parts = split_lm_batch(batch)
-        logits = forward_logits(self.student, parts.inputs)
-        attention = parts.inputs.get("attention_mask")
-        last = (
-            (attention.sum(1) - 1).clamp(min=0)
-            if attention is not None
-            else torch.full_like(logits[:, 0, 0], logits.shape[1] - 1, dtype=torch.long)
-        )
-        final = logits[torch.arange(logits.shape[0], device=logits.device), last.long()]
-        return {"probs": F.softmax(final.float(), dim=-1), "preds": final.argmax(dim=-1)}
+        return last_position_prediction(forward_logits(self.student, parts.inputs), parts.inputs)
+
+
+def last_position_prediction(logits: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``{"probs", "preds"}`` of the logits ``[B, L, V]`` after each sequence's last attended token."""
+    attention = inputs.get("attention_mask")
+    last = (
+        (attention.sum(1) - 1).clamp(min=0)
+        if attention is not None
+        else torch.full_like(logits[:, 0, 0], logits.shape[1] - 1, dtype=torch.long)
+    )
+    final = logits[torch.arange(logits.shape[0], device=logits.device), last.long()]
+    return {"probs": F.softmax(final.float(), dim=-1), "preds": final.argmax(dim=-1)}
 
 
 def _hidden_and_head(model: nn.Module) -> tuple[Any, nn.Linear]:
