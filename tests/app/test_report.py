@@ -52,9 +52,9 @@ def test_groups_by_setting_with_mean_and_std(sweep):
     summary = summarise(runs)
     rows = {row["label"]: row for row in summary["rows"]}
     assert list(rows) == ["teacher", "scratch student", "distilled (T=2, alpha=0.9)", "distilled (T=8, alpha=0.9)"]
-    assert rows["teacher"]["n"] == 1 and rows["teacher"]["test_acc_mean"] == 0.95
-    assert rows["scratch student"]["test_acc_mean"] == pytest.approx(statistics.fmean(scratch))
-    assert rows["distilled (T=2, alpha=0.9)"]["test_acc_std"] == pytest.approx(statistics.stdev(t2))
+    assert rows["teacher"]["n"] == 1 and rows["teacher"]["test_mean"] == 0.95
+    assert rows["scratch student"]["test_mean"] == pytest.approx(statistics.fmean(scratch))
+    assert rows["distilled (T=2, alpha=0.9)"]["test_std"] == pytest.approx(statistics.stdev(t2))
     comparison = summary["comparison"]
     assert comparison["best_distilled_by_validation"] == "distilled (T=2, alpha=0.9)"
     assert comparison["gain"] == pytest.approx(0.08)

@@ -20,6 +20,8 @@ from torch import nn
 from lightning_kd.app.errors import ConfigError
 from lightning_kd.app.measure import count_parameters
 from lightning_kd.app.results import write_results
+from lightning_kd.app.samples import text_samples
+from lightning_kd.app.task import headline_metric, is_language_model
 from lightning_kd.callbacks import DISTILLATION_CALLBACKS
 from lightning_kd.checkpoint_io import AtomicCheckpointIO
 from lightning_kd.classifier import ClassifierModule
@@ -32,7 +34,8 @@ __all__ = [
     "build_trainer",
     "fit_and_test",
     "resume_checkpoint",
-    "train_classifier",
+    "supervised_module",
+    "train_network",
     "trainer_settings",
 ]
 
@@ -62,18 +65,21 @@ def build_datamodule(cfg: DictConfig, include_unlabeled: bool, with_index: bool 
     return datamodule
 
 
-def trainer_settings(cfg: DictConfig, max_epochs: Optional[int] = None) -> dict[str, Any]:
-    """The resolved ``trainer`` config, with ``max_epochs`` replaced when given."""
+def trainer_settings(cfg: DictConfig, teacher: bool = False) -> dict[str, Any]:
+    """The resolved ``trainer`` config; for the teacher, with ``teacher.train.max_epochs`` and ``max_steps``."""
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if max_epochs is not None:
-        settings["max_epochs"] = max_epochs
+    if teacher:
+        for key in ("max_epochs", "max_steps"):
+            value = OmegaConf.select(cfg, f"teacher.train.{key}")
+            if value is not None:
+                settings[key] = value
     return settings
 
 
 def build_trainer(
     cfg: DictConfig,
     output_dir: Path,
-    max_epochs: Optional[int] = None,
+    teacher: bool = False,
     distillation: bool = True,
     extra_callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
@@ -88,7 +94,7 @@ def build_trainer(
     if not distillation:
         callbacks = [c for c in callbacks if not isinstance(c, DISTILLATION_CALLBACKS)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    settings = trainer_settings(cfg, max_epochs)
+    settings = trainer_settings(cfg, teacher)
     settings.update(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     if settings.get("enable_progress_bar") is None:
         settings["enable_progress_bar"] = sys.stderr.isatty()  # no walls of bar updates in logs
@@ -120,13 +126,15 @@ def fit_and_test(
     datamodule: L.LightningDataModule,
     trainer: L.Trainer,
     resume_from: Optional[str] = None,
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], dict[str, float]]:
     """Fit (from ``resume_from`` if given), then test the best checkpoint (or the final weights).
 
     Returns:
-        The monitored metric (its best value when checkpoints are kept) and the test metrics.
+        The monitored metric (its best value when checkpoints are kept), the test metrics, and
+        the metrics logged last before testing (the last validation's).
     """
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    validated = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     monitored = trainer.callback_metrics.get(cfg.monitor)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -137,10 +145,20 @@ def fit_and_test(
             f"monitor={cfg.monitor} was never logged; logged: {', '.join(sorted(trainer.callback_metrics))}"
         )
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
-    return float(monitored), {k: float(v) for k, v in tested.items()}
+    return float(monitored), {k: float(v) for k, v in tested.items()}, validated
 
 
-def train_classifier(
+def supervised_module(cfg: DictConfig, network: nn.Module) -> L.LightningModule:
+    """The module of stages ``teacher`` and ``student``: cross-entropy on labels, or on next tokens."""
+    factories = {"optimizer": instantiate(cfg.optimizer), "lr_scheduler": build_lr_scheduler(cfg)}
+    if is_language_model(cfg):
+        from lightning_kd.text import CausalLMModule
+
+        return CausalLMModule(network, **factories)
+    return ClassifierModule(network, num_classes=cfg.dataset.num_classes, **factories)
+
+
+def train_network(
     cfg: DictConfig,
     role: str,
     network: nn.Module,
@@ -148,21 +166,24 @@ def train_classifier(
     output_dir: Path,
     resume_from: Optional[str] = None,
 ) -> float:
-    """Stages ``teacher`` and ``student``: plain cross-entropy training of one network."""
-    module = ClassifierModule(
-        network,
-        optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=build_lr_scheduler(cfg),
-        num_classes=cfg.dataset.num_classes,
-    )
-    max_epochs = cfg.teacher.train.max_epochs if role == "teacher" else None
-    trainer = build_trainer(cfg, output_dir, max_epochs, distillation=False)
-    monitored, tested = fit_and_test(cfg, module, datamodule, trainer, resume_from)
+    """Stages ``teacher`` and ``student``: plain supervised training of one network."""
+    module = supervised_module(cfg, network)
+    trainer = build_trainer(cfg, output_dir, teacher=role == "teacher", distillation=False)
+    monitored, tested, _ = fit_and_test(cfg, module, datamodule, trainer, resume_from)
     if not trainer.is_global_zero:  # one process writes the results of a distributed run
         return monitored
     weights = save_torch(output_dir / f"{role}.pt", network.state_dict())
-    log.info("%s saved to %s (test/acc %.4f)", role, weights, tested.get("test/acc", float("nan")))
+    metric, _ = headline_metric(cfg)
+    log.info("%s saved to %s (%s %.4f)", role, weights, metric, tested.get(metric, float("nan")))
+    extra = {"samples": text_samples(cfg, datamodule, {role: network})} if is_language_model(cfg) else {}
     write_results(
-        cfg, role, output_dir, monitored, tested, params={role: count_parameters(network)}, weights=weights.name
+        cfg,
+        role,
+        output_dir,
+        monitored,
+        tested,
+        params={role: count_parameters(network)},
+        weights=weights.name,
+        **extra,
     )
     return monitored

@@ -8,9 +8,12 @@ Reads every ``metrics.json`` that ``kd-train`` wrote below the folder, groups th
 setting (teacher, scratch student, distillation at each temperature, alpha and objective),
 chooses the best distilled setting by the monitored metric in its direction (``monitor`` and
 ``monitor_mode`` of the runs: the highest ``val/acc``, the lowest ``val/loss``), prints a
-table, writes ``report.md`` and ``report.json`` beside the runs, and plots test accuracy
-against temperature (one line per alpha, with the scratch student and the teacher as reference
-levels) into ``accuracy_vs_temperature.png`` when matplotlib is installed.
+table, writes ``report.md`` and ``report.json`` beside the runs, and, when matplotlib is
+installed, plots the test score against temperature (one line per alpha, with the scratch
+student and the teacher as reference levels) into ``accuracy_vs_temperature.png`` when the
+sweep varies the temperature, or as bars with error bars into ``scores.png`` otherwise. Runs
+are reported by their ``score`` (test accuracy, or test perplexity for language models), and
+samples of generated text are shown when the runs recorded them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from lightning_kd.files import atomic_write, save_json
 __all__ = ["Monitor", "Row", "collect_runs", "main", "monitor_of", "summarise"]
 
 PLOT_FILE = "accuracy_vs_temperature.png"
+BAR_PLOT_FILE = "scores.png"
 
 
 def collect_runs(root: Path) -> list[dict]:
@@ -86,8 +90,16 @@ def monitor_of(runs: list[dict]) -> Monitor:
     return found.pop() if found else Monitor("val/acc", "max")
 
 
+def score_of(runs: list[dict]) -> Monitor:
+    """The test metric the runs are reported by (``score`` in ``metrics.json``): ``test/acc`` (max) by default."""
+    found = {Monitor(r["score"]["name"], r["score"]["mode"]) for r in runs if "score" in r}
+    if len(found) > 1:
+        raise ValueError("the runs report different test metrics: " + ", ".join(m.name for m in sorted(found)))
+    return found.pop() if found else Monitor("test/acc", "max")
+
+
 class Row(dict):
-    """One setting: ``label``, ``n``, and mean/std of test accuracy and the monitored metric."""
+    """One setting: ``label``, ``n``, and mean/std of the test score and of the monitored metric."""
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -96,41 +108,66 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+DIVERGENCE_NAMES = {"reverse_kl": "reverse KL", "tvd": "TVD"}
+
+
+def _variant(d: dict) -> str:
+    """What sets a distillation apart beyond T and alpha: divergence, top-k teacher, generated text."""
+    parts = []
+    divergence = d.get("divergence", "forward_kl")
+    if divergence == "jsd":
+        parts.append(f"JSD({float(d.get('beta', 0.5)):g})")
+    elif divergence != "forward_kl":
+        parts.append(DIVERGENCE_NAMES.get(divergence, divergence))
+    if d.get("standardize"):
+        parts.append("logit standardisation")
+    if str(d.get("teacher_outputs", "")).startswith("cached top-"):
+        parts.append(d["teacher_outputs"].removeprefix("cached ") + " teacher")
+    if d.get("sequence_level"):
+        parts.append("sequence-level")
+    if d.get("on_policy"):
+        parts.append(f"on-policy {float(d['on_policy']['fraction']):g}")
+    return ", ".join(parts)
+
+
 def _setting(run: dict) -> tuple:
     if run["stage"] == "distill":
         d = run["distill"]
         if d.get("objective") == "dkd":  # its weight of note is beta_nckd; it has no alpha
-            return ("distill", "dkd", float(d["beta_nckd"]), float(d["temperature"]))
-        return ("distill", d.get("objective", "kl"), float(d["alpha"]), float(d["temperature"]))
+            return ("distill", "dkd", float(d["beta_nckd"]), float(d["temperature"]), _variant(d))
+        return ("distill", d.get("objective", "kl"), float(d["alpha"]), float(d["temperature"]), _variant(d))
     return (run["stage"],)
 
 
 def _label(setting: tuple) -> str:
     if setting[0] == "distill":
-        _, objective, weight, temperature = setting
+        _, objective, weight, temperature, variant = setting
         if objective == "dkd":
-            return f"DKD (T={temperature:g}, beta={weight:g})"
-        return f"distilled (T={temperature:g}, alpha={weight:g}{', mse' if objective == 'mse' else ''})"
+            return f"DKD (T={temperature:g}, beta={weight:g}{', ' + variant if variant else ''})"
+        details = [f"T={temperature:g}", f"alpha={weight:g}"] + (["mse"] if objective == "mse" else [])
+        return f"distilled{', ' + variant if variant else ''} ({', '.join(details)})"
     return {"student": "scratch student", "teacher": "teacher"}[setting[0]]
 
 
 def summarise(runs: list[dict]) -> dict[str, Any]:
     """Group the runs by setting and compute mean ± std over seeds."""
+    score = score_of(runs)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         groups[_setting(run)].append(run)
     # Teachers used by distillation runs, each counted once (a cached teacher serves many runs).
-    teachers = {run["teacher"]["source"]: run["teacher"]["test/acc"] for run in runs if "teacher" in run}
+    teachers = {run["teacher"]["source"]: run["teacher"] for run in runs if "teacher" in run}
     if ("teacher",) not in groups and teachers:
         groups[("teacher",)] = [
-            {"test": {"test/acc": acc}, "monitor": {"value": math.nan}} for acc in teachers.values()
+            {"test": {score.name: t[score.name]}, "monitor": {"value": t.get("monitor", math.nan)}}
+            for t in teachers.values()
         ]
 
     rows = []
     order = {"teacher": 0, "student": 1, "distill": 2}
     for setting in sorted(groups, key=lambda s: (order[s[0]], s[1:])):
         members = groups[setting]
-        acc_mean, acc_std = _mean_std([m["test"]["test/acc"] for m in members])
+        test_mean, test_std = _mean_std([m["test"][score.name] for m in members])
         mon_mean, mon_std = _mean_std([m["monitor"]["value"] for m in members])
         rows.append(
             Row(
@@ -138,21 +175,24 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
                 setting=list(setting),
                 n=len(members),
                 seeds=sorted(m["seed"] for m in members if "seed" in m),
-                test_acc_mean=acc_mean,
-                test_acc_std=acc_std,
+                test_mean=test_mean,
+                test_std=test_std,
                 monitor_mean=mon_mean,
                 monitor_std=mon_std,
+                seconds=_mean_std([m["seconds"] for m in members])[0] if all("seconds" in m for m in members) else None,
             )
         )
     monitor = monitor_of(runs)
-    summary: dict[str, Any] = {"rows": rows, "monitor": monitor._asdict()}
+    summary: dict[str, Any] = {"rows": rows, "monitor": monitor._asdict(), "score": score._asdict()}
     distilled = [r for r in rows if r["setting"][0] == "distill"]
     scratch = next((r for r in rows if r["setting"][0] == "student"), None)
     if distilled and scratch:
         choose = max if monitor.mode == "max" else min
         best = choose(distilled, key=lambda r: r["monitor_mean"])  # chosen on validation, not test
-        gain = best["test_acc_mean"] - scratch["test_acc_mean"]
-        threshold = 2 * max(best["test_acc_std"], scratch["test_acc_std"])
+        gain = best["test_mean"] - scratch["test_mean"]
+        if score.mode == "min":
+            gain = -gain  # a lower perplexity is the gain
+        threshold = 2 * max(best["test_std"], scratch["test_std"])
         summary["comparison"] = {
             "best_distilled_by_validation": best["label"],
             "gain": gain,
@@ -172,29 +212,56 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
             "teacher_latency_ms": latency["teacher"],
             "speedup": latency["teacher"] / latency["student"],
         }
+    summary["samples"] = _samples(runs, groups)
     return summary
 
 
+def _samples(runs: list[dict], groups: dict[tuple, list[dict]]) -> list[dict[str, str]]:
+    """Text sampled by the teacher, the scratch student and each distilled setting, at the lowest seed."""
+    found: list[dict[str, str]] = []
+    for setting, members in sorted(groups.items(), key=lambda item: str(item[0])):
+        sampled = sorted((m for m in members if "samples" in m), key=lambda m: m.get("seed", 0))
+        if not sampled:
+            continue
+        first = sampled[0]
+        if not found:
+            found.append({"label": "prompt", "text": first["samples"]["prompt"]})
+            if "teacher" in first["samples"]:
+                found.append({"label": "teacher", "text": first["samples"]["teacher"]})
+        text = first["samples"].get("student")
+        if text is not None:
+            found.append({"label": f"{_label(setting)}, seed {first.get('seed')}", "text": text})
+    return found
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table, with the comparison and size lines below it."""
+    """The summary as a Markdown table, with the comparison, size and samples below it."""
     monitor = Monitor(**summary.get("monitor", {"name": "val/acc", "mode": "max"}))
+    score = Monitor(**summary.get("score", {"name": "test/acc", "mode": "max"}))
     direction = "higher is better" if monitor.mode == "max" else "lower is better"
+    score_direction = "higher is better" if score.mode == "max" else "lower is better"
+    timed = any(row.get("seconds") is not None for row in summary["rows"])
     lines = [
-        f"| setting | runs | test accuracy (mean ± std) | {monitor.name} (mean ± std, {direction}) |",
-        "|---|---|---|---|",
+        f"| setting | runs | {score.name} (mean ± std, {score_direction}) | {monitor.name} (mean ± std, {direction}) |"
+        + (" seconds per run |" if timed else ""),
+        "|---|---|---|---|" + ("---|" if timed else ""),
     ]
     for row in summary["rows"]:
         val = "" if math.isnan(row["monitor_mean"]) else f"{row['monitor_mean']:.4f} ± {row['monitor_std']:.4f}"
-        lines.append(
-            f"| {row['label']} | {row['n']} | {row['test_acc_mean']:.4f} ± {row['test_acc_std']:.4f} | {val} |"
-        )
+        line = f"| {row['label']} | {row['n']} | {row['test_mean']:.4f} ± {row['test_std']:.4f} | {val} |"
+        if timed:
+            line += f" {row['seconds']:.0f} |" if row.get("seconds") is not None else " |"
+        lines.append(line)
     if "comparison" in summary:
         c = summary["comparison"]
         verdict = "a real gain" if c["significant"] else "NOT a significant gain"
+        if score.name.endswith("acc"):
+            change, unit = f"{c['gain'] * 100:+.2f} points of test accuracy", f"{c['two_max_std'] * 100:.2f} points"
+        else:
+            change, unit = f"{c['gain']:+.3f} better {score.name}", f"{c['two_max_std']:.3f}"
         lines.append(
             f"\nBest distilled setting (chosen on {monitor.name}, {direction}): {c['best_distilled_by_validation']}: "
-            f"{c['gain'] * 100:+.2f} points of test accuracy over the scratch student; "
-            f"2 x the larger std = {c['two_max_std'] * 100:.2f} points: {verdict}."
+            f"{change} than the scratch student; 2 x the larger std = {unit}: {verdict}."
         )
     if "size" in summary:
         s = summary["size"]
@@ -203,60 +270,94 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{s['teacher_params']:,}; forward pass {s['student_latency_ms']:.3f} ms vs "
             f"{s['teacher_latency_ms']:.3f} ms per test batch ({s['speedup']:.1f}x faster)."
         )
+    if summary.get("samples"):
+        lines.append("\nSamples (the same prompt, seed and sampling settings for every model):")
+        lines.extend(f"- **{sample['label']}**: {_one_line(sample['text'])}" for sample in summary["samples"])
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], path: Path) -> Optional[Path]:
-    """Test accuracy against temperature, one line per alpha; ``None`` without matplotlib."""
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " / ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def plot(summary: dict[str, Any], root: Path) -> Optional[Path]:
+    """Plot the test score: against temperature when the sweep varies it (one line per setting),
+    else as bars with error bars, one per setting. ``None`` without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lines: dict[tuple, list[Row]] = defaultdict(list)
-    for row in summary["rows"]:
-        if row["setting"][0] == "distill":
-            lines[tuple(row["setting"][1:3])].append(row)
-    for (objective, alpha), rows in sorted(lines.items()):
-        rows.sort(key=lambda r: r["setting"][3])
-        ax.errorbar(
-            [r["setting"][3] for r in rows],
-            [r["test_acc_mean"] for r in rows],
-            yerr=[r["test_acc_std"] for r in rows],
-            marker="o",
-            capsize=3,
-            label=f"DKD, beta={alpha:g}"
-            if objective == "dkd"
-            else f"distilled, alpha={alpha:g}" + (" (mse)" if objective == "mse" else ""),
-        )
-    for row, style in (
-        (r, s) for r in summary["rows"] for k, s in (("student", "--"), ("teacher", ":")) if r["setting"][0] == k
-    ):
-        ax.axhline(
-            row["test_acc_mean"], color="gray" if style == "--" else "black", linestyle=style, label=row["label"]
-        )
-        if row["test_acc_std"] > 0:
-            ax.axhspan(
-                row["test_acc_mean"] - row["test_acc_std"],
-                row["test_acc_mean"] + row["test_acc_std"],
-                color="gray",
-                alpha=0.15,
-            )
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.set_title("Student test accuracy against distillation temperature")
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    score = Monitor(**summary.get("score", {"name": "test/acc", "mode": "max"}))
+    distilled = [r for r in summary["rows"] if r["setting"][0] == "distill"]
+    temperatures = {r["setting"][3] for r in distilled}
+    if len(temperatures) > 1:
+        fig, path = _plot_against_temperature(plt, summary, distilled, score), root / PLOT_FILE
+    else:
+        fig, path = _plot_bars(plt, summary, score), root / BAR_PLOT_FILE
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
+
+
+def _plot_bars(plt: Any, summary: dict[str, Any], score: Monitor) -> Any:
+    rows = summary["rows"]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+    positions = list(range(len(rows)))[::-1]
+    colors = [
+        "black" if r["setting"][0] == "teacher" else "gray" if r["setting"][0] == "student" else "C0" for r in rows
+    ]
+    ax.barh(positions, [r["test_mean"] for r in rows], xerr=[r["test_std"] for r in rows], color=colors, capsize=3)
+    ax.set_yticks(positions, [r["label"] for r in rows], fontsize=8)
+    values = [r["test_mean"] - r["test_std"] for r in rows]
+    low, high = min(values), max(r["test_mean"] + r["test_std"] for r in rows)
+    ax.set_xlim(max(0.0, low - 0.1 * (high - low + 1e-9)), high + 0.05 * (high - low + 1e-9))
+    better = "higher" if score.mode == "max" else "lower"
+    ax.set_xlabel(f"{score.name} (mean ± std over seeds, {better} is better)")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def _plot_against_temperature(plt: Any, summary: dict[str, Any], distilled: list[Row], score: Monitor) -> Any:
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines: dict[tuple, list[Row]] = defaultdict(list)
+    for row in distilled:
+        lines[(row["setting"][1], row["setting"][2], row["setting"][4])].append(row)
+    for (objective, weight, variant), rows in sorted(lines.items()):
+        rows.sort(key=lambda r: r["setting"][3])
+        name = f"DKD, beta={weight:g}" if objective == "dkd" else f"distilled, alpha={weight:g}"
+        extras = [e for e in ("mse" if objective == "mse" else "", variant) if e]
+        ax.errorbar(
+            [r["setting"][3] for r in rows],
+            [r["test_mean"] for r in rows],
+            yerr=[r["test_std"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=name + (f" ({', '.join(extras)})" if extras else ""),
+        )
+    for row in summary["rows"]:
+        if row["setting"][0] not in ("student", "teacher"):
+            continue
+        dashed = row["setting"][0] == "student"
+        ax.axhline(
+            row["test_mean"], color="gray" if dashed else "black", linestyle="--" if dashed else ":", label=row["label"]
+        )
+        if row["test_std"] > 0:
+            ax.axhspan(row["test_mean"] - row["test_std"], row["test_mean"] + row["test_std"], color="gray", alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_title(f"Student {score.name} against distillation temperature")
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel(f"{score.name} (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -276,7 +377,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(table)
     atomic_write(args.sweep_dir / "report.md", lambda tmp: tmp.write_text(table + "\n"))
     save_json(args.sweep_dir / "report.json", summary)
-    image = plot(summary, args.sweep_dir / PLOT_FILE)
+    image = plot(summary, args.sweep_dir)
     print(f"\nWrote {args.sweep_dir / 'report.md'}, {args.sweep_dir / 'report.json'}", end="")
     print(f" and {image}." if image else ". Install matplotlib for the plot.")
     return 0

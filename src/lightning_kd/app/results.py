@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_kd.app.task import headline_metric
 from lightning_kd.files import save_json
 
-__all__ = ["METRICS_FILE", "distill_settings", "write_results"]
+__all__ = ["METRICS_FILE", "distill_settings", "start_clock", "write_results"]
 
 METRICS_FILE = "metrics.json"  # settings and final metrics of one run, machine-readable
+
+_job_started = time.monotonic()
+
+
+def start_clock() -> None:
+    """Start timing a job: ``metrics.json`` records the seconds from here (``seconds``)."""
+    global _job_started
+    _job_started = time.monotonic()
 
 
 def write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: float, tested: dict, **extra: Any) -> None:
     """Write ``metrics.json``: the settings of the run and its final metrics, machine-readable.
 
     ``monitor`` holds the metric's name, its mode (``max`` or ``min``: which way is better)
-    and its value, so that ``kd-report`` chooses and labels by it.
+    and its value, so that ``kd-report`` chooses and labels by it; ``score`` names the test
+    metric the run is reported by (``test/acc``, or ``test/ppl`` for language models).
     """
     results = {
         "stage": stage,
@@ -27,7 +38,9 @@ def write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: floa
         "labeled_size": cfg.data.get("labeled_size"),
         "include_unlabeled": bool(cfg.data.get("include_unlabeled", False)) and stage == "distill",
         "monitor": {"name": cfg.monitor, "mode": cfg.monitor_mode, "value": monitored},
+        "score": dict(zip(("name", "mode"), headline_metric(cfg), strict=True)),
         "test": tested,
+        "seconds": round(time.monotonic() - _job_started, 1),
         **extra,
     }
     save_json(output_dir / METRICS_FILE, results)
@@ -35,10 +48,21 @@ def write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: floa
 
 def distill_settings(cfg: DictConfig, loss: Any) -> dict[str, Any]:
     """What ``metrics.json`` records of a distillation: the loss's configured arguments, its
-    ``objective`` as the loss itself names it (``kl``, ``mse``, ``dkd``), and where the teacher's
-    outputs came from."""
+    ``objective`` as the loss itself names it (``kl``, ``mse``, ``dkd``), where the teacher's
+    outputs came from (``live``, ``cached``, ``cached top-k``), and for language models how the
+    training text was made (``sequence_level``, ``on_policy``: their settings, or ``None``)."""
     configured = OmegaConf.to_container(cfg.distill.loss, resolve=True)
     settings = {key: value for key, value in configured.items() if not key.startswith("_")}
     settings["objective"] = getattr(loss, "objective", settings.get("objective"))
-    settings["teacher_outputs"] = "cached" if cfg.distill.get("teacher_outputs") else "live"
+    outputs = cfg.distill.get("teacher_outputs")
+    settings["teacher_outputs"] = (
+        "live" if not outputs else "cached" + (f" top-{outputs.top_k}" if outputs.get("top_k") else "")
+    )
+    for key in ("sequence_level", "on_policy"):
+        node = cfg.distill.get(key)
+        settings[key] = (
+            None
+            if not node
+            else {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+        )
     return settings

@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightning_kd.app.errors import ConfigError
+from lightning_kd.app.task import TASKS
+from lightning_kd.text.module import LOSS_ON
 
 __all__ = ["STAGES", "validate_config"]
 
@@ -137,6 +139,13 @@ def validate_config(cfg: DictConfig) -> None:
             _check(f"trainer.{name}", _resolved(cfg, f"trainer.{name}"), rule)
     _check("teacher.train.seed", _resolved(cfg, "teacher.train.seed"), seed_rule)
     _check("teacher.train.max_epochs", _resolved(cfg, "teacher.train.max_epochs"), EPOCHS)
+    if OmegaConf.select(cfg, "teacher.train.max_steps") is not None:
+        _check("teacher.train.max_steps", _resolved(cfg, "teacher.train.max_steps"), TRAINER_RULES["max_steps"])
+    if cfg.get("torch_threads") is not None:
+        _check("torch_threads", _resolved(cfg, "torch_threads"), POSITIVE_INT)
+    task = cfg.dataset.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError(f"dataset.task must be one of {', '.join(TASKS)}, got {task!r}")
     if "batch_size" in cfg.data:
         _check("data.batch_size", _resolved(cfg, "data.batch_size"), POSITIVE_INT)
 
@@ -147,5 +156,23 @@ def validate_config(cfg: DictConfig) -> None:
         _build("lr_scheduler", lambda: instantiate(cfg.lr_scheduler)(optimizer))
     if cfg.stage == "distill":
         _build("distill.loss", lambda: instantiate(cfg.distill.loss))
-        if cfg.distill.get("teacher_outputs"):
-            _build("distill.teacher_outputs", lambda: instantiate(cfg.distill.teacher_outputs))
+        for key in ("teacher_outputs", "on_policy", "sequence_level"):
+            if cfg.distill.get(key):
+                _build(f"distill.{key}", lambda key=key: instantiate(cfg.distill[key]))
+        _check_language_model_options(cfg)
+
+
+def _check_language_model_options(cfg: DictConfig) -> None:
+    """Options of token-level distillation need a language model; a classifier run refuses them."""
+    language_model = cfg.dataset.get("task", "classification") == "language_model"
+    if language_model:
+        _check("distill.loss_on", cfg.distill.get("loss_on") or "logits", (lambda v: v in LOSS_ON, f"one of {LOSS_ON}"))
+        return
+    given = [key for key in ("on_policy", "sequence_level") if cfg.distill.get(key)]
+    if (cfg.distill.get("loss_on") or "logits") != "logits":
+        given.append("loss_on")
+    if given:
+        raise ConfigError(
+            f"distill.{given[0]} applies to language models (data=shakespeare, dataset.task=language_model); "
+            f"data={cfg.dataset.get('name')} is a classification task"
+        )

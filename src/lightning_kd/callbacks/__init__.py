@@ -1,4 +1,5 @@
-"""Callbacks for distillation runs: schedules of T and alpha, a monitor, and the student's export.
+"""Callbacks for distillation runs: schedules of T and alpha, a monitor, the student's export, and the
+teacher's stored outputs or sequences.
 
 Example:
     >>> from lightning_kd.callbacks import DistillationMonitor, ExportStudent, TemperatureSchedule
@@ -9,6 +10,7 @@ from lightning_kd.callbacks.alpha_schedule import AlphaSchedule
 from lightning_kd.callbacks.cache_teacher_outputs import CacheTeacherOutputs, TeacherOutputMismatchError
 from lightning_kd.callbacks.distillation_monitor import DistillationMonitor
 from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.callbacks.teacher_sequences import TeacherSequences
 from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
 from lightning_kd.callbacks.warmup_schedule import WarmupSchedule
 
@@ -19,6 +21,7 @@ __all__ = [
     "DistillationMonitor",
     "ExportStudent",
     "TeacherOutputMismatchError",
+    "TeacherSequences",
     "TemperatureSchedule",
     "WarmupSchedule",
 ]
@@ -29,6 +32,7 @@ DISTILLATION_CALLBACKS = (
     CacheTeacherOutputs,
     DistillationMonitor,
     ExportStudent,
+    TeacherSequences,
     TemperatureSchedule,
     WarmupSchedule,
 )

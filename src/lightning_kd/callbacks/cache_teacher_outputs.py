@@ -13,6 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 from lightning_kd.batch import split_batch
 from lightning_kd.checks import check_positive_int
 from lightning_kd.data.indexed import IndexedDataset
+from lightning_kd.data.token_blocks import TokenBlocks
 from lightning_kd.distillable import DistillableModule, require_distillable
 from lightning_kd.fingerprint import dataset_fingerprint
 from lightning_kd.teacher_outputs import CACHE_DTYPES, TeacherOutputCache, cache_fingerprint
@@ -161,7 +162,7 @@ class CacheTeacherOutputs(L.Callback):
 
     def _build_batches(self, dataset: IndexedDataset, loader: DataLoader) -> DataLoader:
         batch_size = self.batch_size or getattr(loader, "batch_size", None) or _sampler_batch_size(loader) or 256
-        if isinstance(dataset.dataset, TensorDataset):  # index whole batches: no per-sample collation
+        if isinstance(dataset.dataset, (TensorDataset, TokenBlocks)):  # index whole batches: no per-sample collation
             sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
             return DataLoader(dataset, batch_size=None, sampler=sampler)
         return DataLoader(

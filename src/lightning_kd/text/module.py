@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import torch
@@ -12,6 +13,7 @@ from lightning_kd.batch import forward_logits
 from lightning_kd.contract import StepOutput
 from lightning_kd.distillable import NON_FINITE_PARTS, DistillableModule
 from lightning_kd.losses import (
+    IGNORE_INDEX,
     DistillationLoss,
     TopKLogits,
     linear_hard_target_loss,
@@ -22,6 +24,8 @@ from lightning_kd.losses.soft_target import aligned_classes
 from lightning_kd.metrics import ExpMeanMetric, loggers_write_this_step, stage_metrics
 from lightning_kd.optim import OptimizerFactory, SchedulerFactory
 from lightning_kd.text.batches import LanguageModelBatch, split_lm_batch
+from lightning_kd.text.on_policy import OnPolicySampling
+from lightning_kd.text.sampling import sample_continuations
 from lightning_kd.text.token_count import PerTokenGradients
 
 __all__ = ["LOSS_ON", "CausalLMDistillationModule", "last_position_prediction", "tokenizer_identity"]
@@ -56,6 +60,18 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
     (``exp`` of it), ``teacher_ppl``, ``token_acc``, ``teacher_agreement`` (same top-1 per token)
     and ``kl`` (per-token forward KL at ``T = 1``).
 
+    **On-policy distillation** (``on_policy``, Agarwal et al. 2024, GKD; GKD's ``lmbda`` is
+    :attr:`OnPolicySampling.fraction <lightning_kd.text.OnPolicySampling>`): on the optimizer steps
+    it picks (the same on every rank), the first ``prompt_length`` tokens of each sequence are a
+    prompt, the student samples ``max_new_tokens`` tokens after it (no gradient through the
+    sampling), and the live teacher scores prompt + sample. Only the soft term counts there, on
+    the continuation's positions: the student's own tokens are no target for the hard term. The
+    divergence is the loss's: ``forward_kl`` (supervised KD on student samples), ``reverse_kl``,
+    ``jsd`` with ``beta`` (GKD's generalised JSD) or ``tvd``. Stored teacher outputs and teacher
+    logits in the batch are of other text and are not used on those steps. The counted tokens
+    (``B * max_new_tokens`` per micro-batch) join the step's token count as on ordinary steps;
+    ``train/on_policy`` logs ``1.0`` on sampling steps and ``0.0`` on the others.
+
     Args:
         student: The language model to train.
         teacher: The trained language model to imitate (same tokenizer).
@@ -69,6 +85,8 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
             built in training (a Hugging Face causal LM: ``base_model`` and ``get_output_embeddings()``).
         mass_tolerance: With ``vocab_alignment="truncate"``, the largest teacher probability mass
             allowed on the entries beyond the student's vocabulary (checked on the first batch).
+        on_policy: An :class:`~lightning_kd.text.OnPolicySampling` (or a dict of its fields) to
+            train on the student's own samples on a share of the steps; needs a ``DistillationLoss``.
 
     Example:
         >>> import torch
@@ -95,6 +113,7 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
         *,
         loss_on: str = "logits",
         mass_tolerance: float = 1e-3,
+        on_policy: Optional[Union[OnPolicySampling, Mapping[str, Any]]] = None,
     ):
         loss = DistillationLoss(temperature=1.0, alpha=0.5) if loss is None else loss
         super().__init__(student, teacher, loss, optimizer=optimizer, lr_scheduler=lr_scheduler)
@@ -112,12 +131,14 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
             )
         self.loss_on = loss_on
         self.mass_tolerance = float(mass_tolerance)
+        self.on_policy = _check_on_policy(on_policy, self.loss, student, teacher)
         self.metrics = stage_metrics(EVAL_METRICS, kinds={"ppl": ExpMeanMetric, "teacher_ppl": ExpMeanMetric})
         self._vocabulary_checked = False
         hparams: dict[str, Any] = {
             "student_class": f"{type(student).__module__}.{type(student).__qualname__}",
             "teacher_class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
             "loss_on": loss_on,
+            "on_policy": None if self.on_policy is None else self.on_policy.hparams(),  # a dict: loads back
         }
         if isinstance(self.loss, DistillationLoss):
             hparams.update(self.loss.hparams())
@@ -162,16 +183,27 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
     # --- training ---------------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> StepOutput:
-        """Return the loss summed over this micro-batch's counted tokens, and detached outputs for callbacks."""
+        """Return the loss summed over this micro-batch's counted tokens, and detached outputs for callbacks.
+
+        On an on-policy step the batch is replaced by prompt + the student's sample first.
+        """
+        sampling = self.on_policy is not None and self.on_policy.samples_this_step(self.global_step)
+        if sampling:
+            batch = self._on_policy_batch(batch, batch_idx)
         parts = split_lm_batch(batch)
-        teacher_logits = self._teacher_logits(parts)
+        # Stored or batch-given teacher logits are of the dataset's text, not of the student's samples.
+        teacher_logits = self.teacher_logits(parts.inputs)[:, :-1] if sampling else self._teacher_logits(parts)
         if self.loss_on == "hidden":
             student_logits = None
-            out = self._hidden_loss(parts, teacher_logits)
+            out = self._hidden_loss(parts, teacher_logits, hard=not sampling)
         else:
             student_logits = forward_logits(self.student, parts.inputs)[:, :-1]
             self._check_vocabulary(student_logits.shape[-1], teacher_logits, parts.mask)
-            out = self.loss(student_logits, teacher_logits, parts.targets, parts.mask, num_positions=1)
+            if sampling:  # the student's own tokens are no target: the soft term alone
+                soft = self.loss.soft(student_logits, teacher_logits, parts.mask, num_positions=1)
+                out = self.loss.combine(soft, None)
+            else:
+                out = self.loss(student_logits, teacher_logits, parts.targets, parts.mask, num_positions=1)
         tokens = parts.mask.sum()
         self.count_tokens(tokens)
         teacher_values = teacher_logits.values if isinstance(teacher_logits, TopKLogits) else teacher_logits
@@ -181,7 +213,7 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
             dict(zip(NON_FINITE_PARTS, (teacher_values, student_logits, out.soft, out.hard), strict=True)),
         )
         if loggers_write_this_step(self):
-            self._log_training_step(out, tokens)
+            self._log_training_step(out, tokens, sampling)
         output = StepOutput(loss=out.total, targets=parts.targets, mask=parts.mask)
         if student_logits is not None:
             output["student_logits"] = student_logits.detach()
@@ -189,7 +221,40 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
                 output["teacher_logits"] = teacher_logits
         return output
 
-    def _hidden_loss(self, parts: LanguageModelBatch, teacher_logits: Union[Tensor, TopKLogits]) -> Any:
+    def _on_policy_batch(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """``{"input_ids": prompt + student sample, "labels": -100 on the prompt}`` for this micro-batch."""
+        settings: OnPolicySampling = self.on_policy
+        input_ids = split_lm_batch(batch).inputs["input_ids"]
+        length = settings.prompt_length
+        if input_ids.shape[1] < length + 1:
+            raise ValueError(
+                f"on-policy sampling takes the first prompt_length={length} tokens of each sequence as its prompt: "
+                f"the sequences need at least {length + 1} tokens, got input_ids of shape {tuple(input_ids.shape)}"
+            )
+        attention = batch.get("attention_mask")
+        if attention is not None and not bool((attention[:, :length] != 0).all()):
+            rows = (attention[:, :length] == 0).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"on-policy sampling needs prompts without padding, but the first {length} tokens of rows {rows} "
+                "have attention_mask 0: pad on the right, or use a shorter prompt_length"
+            )
+        prompt = input_ids[:, :length]
+        generator = settings.generator(self.global_step, self.global_rank, batch_idx, device=prompt.device)
+        ids = sample_continuations(
+            self.student,
+            prompt,
+            settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            generator=generator,
+        )
+        labels = ids.clone()
+        labels[:, :length] = IGNORE_INDEX
+        return {"input_ids": ids, "labels": labels}
+
+    def _hidden_loss(
+        self, parts: LanguageModelBatch, teacher_logits: Union[Tensor, TopKLogits], hard: bool = True
+    ) -> Any:
         hidden, head = _hidden_and_head(self.student)
         states = hidden(**parts.inputs)[:, :-1]
         self._check_vocabulary(head.weight.shape[0], teacher_logits, parts.mask)
@@ -208,9 +273,9 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
             chunk_size=chunk_size,
             vocab_alignment=loss.vocab_alignment,
         )
-        hard = None
-        if loss.alpha < 1:
-            hard = linear_hard_target_loss(
+        hard_loss = None
+        if hard and loss.alpha < 1:
+            hard_loss = linear_hard_target_loss(
                 states,
                 head.weight,
                 parts.targets,
@@ -219,13 +284,15 @@ class CausalLMDistillationModule(PerTokenGradients, DistillableModule):
                 num_positions=1,
                 chunk_size=chunk_size,
             )
-        return loss.combine(soft, hard)
+        return loss.combine(soft, hard_loss)
 
-    def _log_training_step(self, out: Any, tokens: Tensor) -> None:
+    def _log_training_step(self, out: Any, tokens: Tensor, sampling: bool) -> None:
         count = tokens.clamp(min=1).to(out.total.dtype)
-        logs = {"train/loss": out.total.detach() / count, "train/soft_loss": out.soft.detach() / count}
+        logs: dict[str, Any] = {"train/loss": out.total.detach() / count, "train/soft_loss": out.soft.detach() / count}
         if out.hard is not None:
             logs["train/hard_loss"] = out.hard.detach() / count
+        if self.on_policy is not None:
+            logs["train/on_policy"] = float(sampling)
         batch_size = int(tokens)
         self.log_dict(logs, batch_size=max(batch_size, 1), prog_bar=False)
         for name in ("temperature", "alpha"):
@@ -291,6 +358,32 @@ def last_position_prediction(logits: Tensor, inputs: dict[str, Tensor]) -> dict[
     )
     final = logits[torch.arange(logits.shape[0], device=logits.device), last.long()]
     return {"probs": F.softmax(final.float(), dim=-1), "preds": final.argmax(dim=-1)}
+
+
+def _check_on_policy(
+    on_policy: Optional[Union[OnPolicySampling, Mapping[str, Any]]], loss: Any, *models: nn.Module
+) -> Optional[OnPolicySampling]:
+    """``on_policy`` as an :class:`OnPolicySampling` (a dict, as saved in the hyperparameters, converts)."""
+    if on_policy is None:
+        return None
+    if isinstance(on_policy, Mapping):
+        on_policy = OnPolicySampling(**on_policy)
+    if not isinstance(on_policy, OnPolicySampling):
+        raise TypeError(f"on_policy must be an OnPolicySampling, a dict of its fields or None, got {on_policy!r}")
+    if not isinstance(loss, DistillationLoss):
+        raise ValueError(
+            f"on_policy needs a DistillationLoss (its soft term alone trains on the student's samples), got "
+            f"{type(loss).__name__}"
+        )
+    length = on_policy.prompt_length + on_policy.max_new_tokens
+    for model in models:
+        config = getattr(model, "config", None)
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and length > limit:
+            raise ValueError(
+                f"prompt_length + max_new_tokens = {length} exceeds the {limit} positions of {type(model).__name__}"
+            )
+    return on_policy
 
 
 def _hidden_and_head(model: nn.Module) -> tuple[Any, nn.Linear]:
