@@ -6,7 +6,6 @@ real BBC News articles and MiniLM weights that `make venv` installs (nothing is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
