@@ -16,6 +16,7 @@ def test_the_notebooks_are_there():
         "02_distill_in_your_own_code",
         "03_choosing_temperature",
         "04_language_models",
+        "05_distilling_text",
     ]
 
 
