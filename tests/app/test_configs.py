@@ -29,6 +29,7 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / gro
 # Options that only make sense with text data are composed with the data and networks they need.
 LANGUAGE_MODEL = {"data": "shakespeare", "teacher": "gpt_4l192", "student": "gpt_2l128", "distill": "token_level"}
 TEXT_CLASSIFIER = {"data": "bbc_news", "teacher": "minilm", "student": "minilm_2l"}
+CONVOLUTIONAL = {"teacher": "cnn", "student": "cnn_small"}  # the layers that feature pairs name
 
 
 def companions(group: str, option: str) -> list[str]:
@@ -40,8 +41,9 @@ def companions(group: str, option: str) -> list[str]:
     )
     text_classifier = option in ("bbc_news", "encoder_small") or option.startswith("minilm")
     chosen = LANGUAGE_MODEL if language_model else TEXT_CLASSIFIER if text_classifier else {}
-    top = group.split("/")[0]
-    return [f"{g}={o}" for g, o in chosen.items() if g != top]
+    if option in ("fitnets", "attention"):
+        chosen = CONVOLUTIONAL
+    return [f"{g}={o}" for g, o in chosen.items() if g != group]
 
 
 def targets(node: Any, key: str = "") -> list[tuple[str, DictConfig]]:

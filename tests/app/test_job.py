@@ -279,6 +279,14 @@ def test_distill_with_cached_teacher_outputs(tmp_path, caplog):
         (["monitor_mode=up"], r"monitor_mode must be 'min' or 'max', got 'up'"),
         (["data.batch_size=0"], r"data.batch_size must be an integer >= 1, got 0"),
         (["torch_threads=0"], r"torch_threads must be an integer >= 1, got 0"),
+        (
+            ["teacher=cnn", "student=cnn_small", "distill=fitnets", "distill/teacher_outputs=cached"],
+            r"distill.feature_pairs \(features.6->features.6\) need the teacher's intermediate features",
+        ),
+        (
+            ["distill=fitnets", "distill.feature_pairs.0.loss=l1"],
+            r"distill.feature_pairs: .*loss must be one of",
+        ),
         (["teacher.train.max_steps=-3"], r"teacher.train.max_steps must be an integer >= -1 \(-1: no limit\), got -3"),
         (
             ["dataset.task=translation"],
@@ -309,6 +317,23 @@ def test_bad_values_fail_before_anything_trains(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         run(compose_train(tmp_path, "stage=distill", *overrides))
     assert not (tmp_path / "teachers").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["fitnets", "attention"])
+def test_feature_distillation_runs_through_kd_train_and_its_adapters_are_not_in_the_student(tmp_path, method):
+    cfg = compose_train(tmp_path, *ONE_EPOCH, "teacher=cnn", "student=cnn_small", f"distill={method}", "trainer=debug")
+    run(cfg)
+    metrics = read_metrics(cfg)
+    assert metrics["stage"] == "distill" and 0 <= metrics["test"]["test/acc"] <= 1
+    student = torch.load(tmp_dir(cfg) / "student.pt", weights_only=True)
+    assert not any("adapter" in key for key in student)
+    assert set(student) == set(compose_student_keys())
+
+
+def compose_student_keys() -> list[str]:
+    from lightning_kd.models import CNN
+
+    return list(CNN(1, 10, channels=(16, 32), hidden=64).state_dict())
 
 
 @pytest.mark.parametrize("override", ["trainer.devices=[0]", "trainer.precision=bf16-mixed", "trainer.max_epochs=null"])

@@ -22,7 +22,7 @@ from lightning_kd.app.measure import count_parameters
 from lightning_kd.app.results import write_results
 from lightning_kd.app.samples import text_samples
 from lightning_kd.app.task import headline_metric, is_language_model
-from lightning_kd.callbacks import DISTILLATION_CALLBACKS
+from lightning_kd.callbacks import DISTILLATION_CALLBACKS, ProgressLog
 from lightning_kd.checkpoint_io import AtomicCheckpointIO
 from lightning_kd.classifier import ClassifierModule
 from lightning_kd.files import save_torch
@@ -98,6 +98,8 @@ def build_trainer(
     settings.update(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     if settings.get("enable_progress_bar") is None:
         settings["enable_progress_bar"] = sys.stderr.isatty()  # no walls of bar updates in logs
+    if not settings["enable_progress_bar"]:  # one line per validation instead
+        callbacks.append(ProgressLog("teacher" if teacher else cfg.stage))
     return instantiate(settings)
 
 

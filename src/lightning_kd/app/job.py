@@ -131,7 +131,15 @@ def _teacher_record(
 def _distillation_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, loss: Any) -> L.LightningModule:
     factories = {"optimizer": instantiate(cfg.optimizer), "lr_scheduler": build_lr_scheduler(cfg)}
     if not is_language_model(cfg):
-        return DistillationModule(student, teacher, loss=loss, num_classes=cfg.dataset.num_classes, **factories)
+        pairs = cfg.distill.get("feature_pairs")
+        return DistillationModule(
+            student,
+            teacher,
+            loss=loss,
+            num_classes=cfg.dataset.num_classes,
+            feature_pairs=OmegaConf.to_container(pairs, resolve=True) if pairs else None,
+            **factories,
+        )
     from lightning_kd.text import CausalLMDistillationModule
 
     on_policy = instantiate(cfg.distill.on_policy) if cfg.distill.get("on_policy") else None

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightning_kd.app.errors import ConfigError
 from lightning_kd.app.task import TASKS
+from lightning_kd.features import parse_feature_pairs
 from lightning_kd.text.module import LOSS_ON
 
 __all__ = ["STAGES", "validate_config"]
@@ -160,6 +161,22 @@ def validate_config(cfg: DictConfig) -> None:
             if cfg.distill.get(key):
                 _build(f"distill.{key}", lambda key=key: instantiate(cfg.distill[key]))
         _check_language_model_options(cfg)
+        if cfg.distill.get("feature_pairs"):
+            _check_feature_pairs(cfg)
+
+
+def _check_feature_pairs(cfg: DictConfig) -> None:
+    """Feature pairs parse, belong to a classifier, and need the live teacher (its features are not stored)."""
+    pairs = _build("distill.feature_pairs", lambda: parse_feature_pairs(_resolved(cfg, "distill.feature_pairs")))
+    if cfg.dataset.get("task", "classification") != "classification":
+        raise ConfigError(
+            "distill.feature_pairs applies to classifiers (DistillationModule); not to language models yet"
+        )
+    if cfg.distill.get("teacher_outputs"):
+        raise ConfigError(
+            f"distill.feature_pairs ({', '.join(p.name for p in pairs)}) need the teacher's intermediate features "
+            "on every step, which are not stored: use distill/teacher_outputs=live"
+        )
 
 
 def _check_language_model_options(cfg: DictConfig) -> None:

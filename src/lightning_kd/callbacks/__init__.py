@@ -10,6 +10,7 @@ from lightning_kd.callbacks.alpha_schedule import AlphaSchedule
 from lightning_kd.callbacks.cache_teacher_outputs import CacheTeacherOutputs, TeacherOutputMismatchError
 from lightning_kd.callbacks.distillation_monitor import DistillationMonitor
 from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.callbacks.progress_log import ProgressLog
 from lightning_kd.callbacks.teacher_sequences import TeacherSequences
 from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
 from lightning_kd.callbacks.warmup_schedule import WarmupSchedule
@@ -20,6 +21,7 @@ __all__ = [
     "CacheTeacherOutputs",
     "DistillationMonitor",
     "ExportStudent",
+    "ProgressLog",
     "TeacherOutputMismatchError",
     "TeacherSequences",
     "TemperatureSchedule",

@@ -51,6 +51,9 @@ class CacheTeacherOutputs(L.Callback):
     ``verify_batches`` (shuffled, so random) batches are checked against a live teacher forward;
     a mismatch beyond the storage's rounding raises :class:`TeacherOutputMismatchError`.
 
+    Only logits are stored: a module that distils intermediate features
+    (``DistillationModule(feature_pairs=...)``) needs the live teacher on every step, and is refused.
+
     Args:
         dirpath: Folder of the caches; ``<trainer.default_root_dir>/teacher_outputs`` when ``None``.
         dtype: ``"float16"`` (default, half the size) or ``"float32"`` (exact).
@@ -98,6 +101,12 @@ class CacheTeacherOutputs(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             require_distillable(type(self).__name__, pl_module)
+        if stage == "fit" and getattr(pl_module, "feature_pairs", None):
+            raise ValueError(
+                f"{type(self).__name__} stores the teacher's logits only, but this {type(pl_module).__name__} has "
+                "feature_pairs: their teacher features come from a live teacher forward on every step and cannot be "
+                "stored. Drop the callback (distill/teacher_outputs=live in kd-train) or the feature pairs"
+            )
         if stage == "fit" and self.top_k is not None and getattr(pl_module.loss, "objective", "kl") != "kl":
             raise ValueError(
                 f"top_k={self.top_k} needs the KL soft loss (objective='kl'); logit matching needs every logit"

@@ -93,6 +93,12 @@ class DistillationMonitor(L.Callback):
     other, a warning is given once (see :func:`imbalance_message`: not when the smaller term's own
     loss is already about zero, as for a student that copies the teacher or fits the labels).
 
+    With intermediate-feature pairs (``DistillationModule(feature_pairs=...)``) it also writes
+    ``train/grad_norm_feature/<pair log name>``: the norm of the gradient that each weighted feature
+    term sends to the student's feature at its layer (from the detached features of the step: only
+    the adapter and the feature loss run again). They are norms at other tensors than the logits,
+    so compare them over time and with each other, not with the soft and hard ones.
+
     Args:
         grad_every_n_steps: Interval, in optimizer steps, of the gradient-norm measurement.
         n_bins: Number of bins of the calibration error.
@@ -202,12 +208,15 @@ class DistillationMonitor(L.Callback):
         started = time.perf_counter()
         student, teacher, targets = flat_positions(output)  # [B, C], or the counted tokens of [B, L, V]
         norms = self.grad_norms(pl_module.loss, student, teacher, targets)
+        feature_grad_norms = getattr(pl_module, "feature_grad_norms", None)  # DistillationModule's feature pairs
+        features = {} if feature_grad_norms is None else feature_grad_norms(output)
         self.grad_norm_seconds += time.perf_counter() - started
-        if norms is None:
+        if norms is None and not features:
             return
+        norms = {**(norms or {}), **{f"grad_norm_feature/{name}": value for name, value in features.items()}}
         self.last_grad_norms = norms
         self._log_to_loggers(trainer, {f"train/{name}": value for name, value in norms.items()})
-        if not self._warned:
+        if not self._warned and "grad_norm_ratio" in norms:
             message = imbalance_message(
                 norms,
                 self.imbalance_threshold,

@@ -15,7 +15,8 @@ Nothing here imports Lightning. The conventions (see Hinton et al., 2015):
 One file per concept: ``divergences`` (the per-position formulas), ``soft_target`` (the soft
 loss, chunked or fused with the output head), ``hard_target`` (cross-entropy, logit matching),
 ``topk`` (top-k teachers), ``chunking`` (the chunked autograd Functions), ``dkd`` (decoupled KD),
-``standardize`` (logit standardisation), ``distillation_loss``.
+``standardize`` (logit standardisation), ``distillation_loss``, ``features`` (FitNets hints and
+attention transfer between intermediate features).
 """
 
 from lightning_kd.losses.checks import (
@@ -29,6 +30,7 @@ from lightning_kd.losses.checks import (
 )
 from lightning_kd.losses.distillation_loss import OBJECTIVES, DistillationLoss, DistillationLossOutput
 from lightning_kd.losses.dkd import DKDLoss, DKDTerms, dkd_loss, dkd_terms
+from lightning_kd.losses.features import HINT_KINDS, attention_map, attention_transfer_loss, hint_loss
 from lightning_kd.losses.hard_target import hard_target_loss, linear_hard_target_loss, logit_matching_loss
 from lightning_kd.losses.soft_target import linear_soft_target_loss, soft_target_loss
 from lightning_kd.losses.standardize import standardize_logits
@@ -36,6 +38,7 @@ from lightning_kd.losses.topk import TopKLogits
 
 __all__ = [
     "DIVERGENCES",
+    "HINT_KINDS",
     "IGNORE_INDEX",
     "OBJECTIVES",
     "VOCAB_ALIGNMENTS",
@@ -44,6 +47,8 @@ __all__ = [
     "DKDTerms",
     "DistillationLossOutput",
     "TopKLogits",
+    "attention_map",
+    "attention_transfer_loss",
     "check_alpha",
     "check_beta",
     "check_divergence",
@@ -51,6 +56,7 @@ __all__ = [
     "dkd_loss",
     "dkd_terms",
     "hard_target_loss",
+    "hint_loss",
     "linear_hard_target_loss",
     "linear_soft_target_loss",
     "logit_matching_loss",
