@@ -117,3 +117,25 @@ def test_runs_that_cannot_be_compared_are_refused(tmp_path, capsys, monitors, me
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
     assert message in capsys.readouterr().err
+
+
+def test_perplexity_is_reported_lower_is_better_with_a_bar_chart(tmp_path, capsys):
+    score = {"name": "test/ppl", "mode": "min"}
+    for i, ppl in enumerate([300.0, 310.0, 320.0]):
+        write_run(tmp_path / f"s{i}", "student", i, 0.0, ppl, monitor=("val/ppl", "min"), score=score)
+    for i, ppl in enumerate([250.0, 255.0, 260.0]):
+        extra = {**distill_extra(1.0, 0.5), "score": score, "teacher": {"source": "t.pt", "test/ppl": 100.0}}
+        extra["distill"]["divergence"] = "reverse_kl"
+        write_run(tmp_path / f"d{i}", "distill", i, 0.0, ppl, monitor=("val/ppl", "min"), **extra)
+    for run in tmp_path.glob("*/metrics.json"):  # the test score is perplexity here
+        data = json.loads(run.read_text())
+        data["test"] = {"test/ppl": data["monitor"]["value"] + 5}
+        run.write_text(json.dumps(data))
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| setting | runs | test/ppl (mean ± std, lower is better) | val/ppl (mean ± std, lower is better) |" in out
+    assert "| teacher | 1 | 100.0000 ± 0.0000 |" in out
+    assert "distilled, reverse KL (T=1, alpha=0.5): test/ppl 55.00 lower than the scratch student's" in out
+    assert "2 x the larger std = 20.00: a real gain" in out
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "accuracy_vs_temperature.png").exists()

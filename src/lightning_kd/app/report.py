@@ -256,12 +256,15 @@ def format_table(summary: dict[str, Any]) -> str:
         c = summary["comparison"]
         verdict = "a real gain" if c["significant"] else "NOT a significant gain"
         if score.name.endswith("acc"):
-            change, unit = f"{c['gain'] * 100:+.2f} points of test accuracy", f"{c['two_max_std'] * 100:.2f} points"
-        else:
-            change, unit = f"{c['gain']:+.3f} better {score.name}", f"{c['two_max_std']:.3f}"
+            change = f"{c['gain'] * 100:+.2f} points of test accuracy over the scratch student"
+            unit = f"{c['two_max_std'] * 100:.2f} points"
+        else:  # a gain is a decrease
+            side = "lower" if c["gain"] >= 0 else "higher"
+            change = f"{score.name} {abs(c['gain']):.2f} {side} than the scratch student's"
+            unit = f"{c['two_max_std']:.2f}"
         lines.append(
             f"\nBest distilled setting (chosen on {monitor.name}, {direction}): {c['best_distilled_by_validation']}: "
-            f"{change} than the scratch student; 2 x the larger std = {unit}: {verdict}."
+            f"{change}; 2 x the larger std = {unit}: {verdict}."
         )
     if "size" in summary:
         s = summary["size"]
