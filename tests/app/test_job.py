@@ -319,6 +319,13 @@ def test_bad_values_fail_before_anything_trains(tmp_path, overrides, message):
     assert not (tmp_path / "teachers").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("distill", ["default", "dkd"])
+def test_logit_standardisation_runs_through_kd_train_and_is_recorded(tmp_path, distill):
+    cfg = compose_train(tmp_path, *ONE_EPOCH, f"distill={distill}", "distill.loss.standardize=true", "trainer=debug")
+    run(cfg)
+    assert read_metrics(cfg)["distill"]["standardize"] is True
+
+
 @pytest.mark.parametrize("method", ["fitnets", "attention"])
 def test_feature_distillation_runs_through_kd_train_and_its_adapters_are_not_in_the_student(tmp_path, method):
     cfg = compose_train(tmp_path, *ONE_EPOCH, "teacher=cnn", "student=cnn_small", f"distill={method}", "trainer=debug")

@@ -6,6 +6,7 @@ real BBC News articles and MiniLM weights that `make venv` installs (nothing is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,12 @@ def test_minilm_distils_into_its_first_two_layers_through_kd_train(tmp_path):
     assert 0 <= runs["student"]["test"]["test/acc"] <= 1 and "samples" not in distilled
     table = format_table(summarise(list(runs.values())))
     assert "test/acc (mean ± std, higher is better)" in table
+
+
+def test_the_loss_from_hidden_states_runs_through_kd_train(tmp_path):
+    cfg = language_model(tmp_path, "method=lm_reverse_kl", "distill.loss_on=hidden", "distill.loss.chunk_size=8")
+    run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["distill"]["chunk_size"] == 8 and metrics["distill"]["divergence"] == "reverse_kl"
+    assert metrics["distill"]["loss_on"] == "hidden"
+    assert metrics["test"]["test/ppl"] > 1

@@ -58,6 +58,8 @@ def distill_settings(cfg: DictConfig, loss: Any) -> dict[str, Any]:
     settings["teacher_outputs"] = (
         "live" if not outputs else "cached" + (f" top-{outputs.top_k}" if outputs.get("top_k") else "")
     )
+    if cfg.distill.get("loss_on"):  # language models: from logits or from hidden states
+        settings["loss_on"] = cfg.distill.loss_on
     for key in ("sequence_level", "on_policy"):
         node = cfg.distill.get(key)
         settings[key] = (
