@@ -95,11 +95,11 @@ def build_trainer(
         callbacks = [c for c in callbacks if not isinstance(c, DISTILLATION_CALLBACKS)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     settings = trainer_settings(cfg, teacher)
-    settings.update(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     if settings.get("enable_progress_bar") is None:
         settings["enable_progress_bar"] = sys.stderr.isatty()  # no walls of bar updates in logs
     if not settings["enable_progress_bar"]:  # one line per validation instead
         callbacks.append(ProgressLog("teacher" if teacher else cfg.stage))
+    settings.update(callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return instantiate(settings)
 
 

@@ -10,7 +10,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from lightning_kd.checks import check_positive_int
+from lightning_kd.checks import check_positive_int, check_split_fractions
 from lightning_kd.data.base import TensorDataModule
 
 __all__ = ["BBCNewsDataModule", "balanced_order", "bbc_news_dir", "minilm_tokenizer_file", "read_articles"]
@@ -150,10 +150,7 @@ class BBCNewsDataModule(TensorDataModule):
         check_positive_int("max_length", max_length)
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 ([CLS] and [SEP]), got {max_length}")
-        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-            raise ValueError(
-                f"val_fraction and test_fraction must be > 0 with a sum < 1, got {val_fraction} and {test_fraction}"
-            )
+        check_split_fractions(val_fraction, test_fraction)
         self.max_length = max_length
         self.input_shape = (max_length,)
         self.val_fraction = val_fraction

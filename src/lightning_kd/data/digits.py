@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_kd.checks import check_split_fractions
 from lightning_kd.data.base import TensorDataModule
 
 __all__ = ["DigitsDataModule"]
@@ -33,10 +34,7 @@ class DigitsDataModule(TensorDataModule):
 
     def __init__(self, val_fraction: float = 0.15, test_fraction: float = 0.15, **kwargs):
         super().__init__(**kwargs)
-        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-            raise ValueError(
-                f"val_fraction and test_fraction must be > 0 with a sum < 1, got {val_fraction} and {test_fraction}"
-            )
+        check_split_fractions(val_fraction, test_fraction)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
 
