@@ -36,6 +36,32 @@ class BatchNormDropoutNet(nn.Module):
         return self.net(x)
 
 
+def write_idx(path: Path, array) -> None:
+    """Write ``array`` as a gzipped unsigned-byte IDX file (the MNIST file format)."""
+    import gzip
+
+    import numpy as np
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + np.asarray(array).astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(root: Path, train: int = 50, test: int = 20, seed: int = 0) -> Path:
+    """A Fashion-MNIST folder of random 28x28 images with cycling labels, for runs without the real set."""
+    import numpy as np
+
+    from lightning_kd.data.fashion_mnist import FILES
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    write_idx(root / FILES["train_images"], rng.integers(0, 256, (train, 28, 28)))
+    write_idx(root / FILES["train_labels"], np.arange(train) % 10)
+    write_idx(root / FILES["test_images"], rng.integers(0, 256, (test, 28, 28)))
+    write_idx(root / FILES["test_labels"], np.arange(test) % 10)
+    return root
+
+
 def quiet_trainer(**kwargs) -> L.Trainer:
     """A CPU Trainer without progress bars, summaries or default loggers, for tests."""
     options = dict(

@@ -114,6 +114,7 @@ def test_the_teacher_recipe_covers_what_changes_training_and_nothing_else(tmp_pa
         "optimizer.lr=0.01",
         "lr_scheduler=step",
         "monitor_mode=min",
+        "teacher.train.augment={_target_:lightning_kd.data.RandomCropFlip}",
     ):
         assert key(changed) != base, changed
     for unchanged in (
@@ -289,6 +290,15 @@ def test_distill_with_cached_teacher_outputs(tmp_path, caplog):
         ),
         (["teacher.train.max_steps=-3"], r"teacher.train.max_steps must be an integer >= -1 \(-1: no limit\), got -3"),
         (
+            ["data=fashion_mnist", "data.augment={_target_:lightning_kd.data.RandomCropFlip}"]
+            + ["distill/teacher_outputs=cached"],
+            r"distill/teacher_outputs=cached stores the teacher's outputs on fixed inputs, but data.augment",
+        ),
+        (
+            ["teacher.train.augment={_target_:lightning_kd.data.RandomCropFlip,padding:-2}"],
+            r"teacher.train.augment: padding must be a non-negative integer \(pixels\), got -2",
+        ),
+        (
             ["dataset.task=translation"],
             r"dataset.task must be one of classification, language_model, got 'translation'",
         ),
@@ -359,3 +369,40 @@ def test_dkd_runs_through_kd_train_with_its_warmup_and_is_reported(tmp_path):
     assert distill["objective"] == "dkd" and distill["beta_nckd"] == 8.0
     labels = [row["label"] for row in summarise(collect_runs(tmp_dir(cfg)))["rows"]]
     assert "DKD (T=4, beta=8)" in labels
+
+
+def test_the_teacher_trains_with_its_own_epochs_schedule_and_augmentation(tmp_path):
+    """teacher.train.* replace the run's values wherever they are used: a cosine schedule's T_max too."""
+    from lightning_kd.app.building import build_lr_scheduler, teacher_config
+
+    cfg = compose_train(
+        tmp_path,
+        "data=fashion_mnist",
+        "lr_scheduler=cosine",
+        "trainer.max_epochs=2",
+        "teacher.train.max_epochs=7",
+        "teacher.train.augment={_target_:lightning_kd.data.RandomCropFlip,padding:3}",
+    )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    teacher = teacher_config(cfg)
+    assert build_lr_scheduler(teacher)(optimizer)["scheduler"].T_max == 7
+    assert build_lr_scheduler(cfg)(optimizer)["scheduler"].T_max == 2  # the student's run is unchanged
+    assert teacher.trainer.max_epochs == 7 and cfg.trainer.max_epochs == 2
+    assert teacher.data.augment.padding == 3 and cfg.data.augment is None
+
+
+def test_a_teacher_trained_with_augmentation_beside_an_unaugmented_student(tmp_path, monkeypatch):
+    """The teacher's batches are augmented, the student's are not, and the recipe records it."""
+    from lightning_kd.data import RandomCropFlip
+
+    calls = []
+    monkeypatch.setattr(RandomCropFlip, "__call__", lambda self, x: calls.append(len(x)) or x.flip(-1))
+    cfg = compose_train(
+        tmp_path,
+        *ONE_EPOCH,
+        "trainer.limit_train_batches=2",
+        "teacher.train.augment={_target_:lightning_kd.data.RandomCropFlip}",
+    )
+    run(cfg)
+    assert len(calls) == 2  # the teacher's two training batches; the student's were not augmented
+    assert read_metrics(cfg)["stage"] == "distill"

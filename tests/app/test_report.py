@@ -139,3 +139,58 @@ def test_perplexity_is_reported_lower_is_better_with_a_bar_chart(tmp_path, capsy
     assert "2 x the larger std = 20.00: a real gain" in out
     assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "accuracy_vs_temperature.png").exists()
+
+
+def method_run(folder, seed, acc, val, student, seconds, **distill):
+    """A run of the methods table: without ``distill`` settings, the scratch student."""
+    extra = {"student_name": student, "seconds": seconds}
+    stage = "distill" if distill else "student"
+    if distill:
+        extra.update(distill_extra(distill.pop("temperature", 4.0), distill.pop("alpha", 0.9)))
+        extra["distill"].update(distill)
+    write_run(folder, stage, seed, acc, val, **extra)
+
+
+def test_the_methods_table_chooses_each_methods_setting_on_validation_per_student(tmp_path, capsys):
+    hints = [{"student": "features.6", "teacher": "features.6", "loss": "mse", "weight": 1.0}]
+    for seed in range(3):
+        for student, base in (("mlp", 0.80), ("cnn", 0.85)):
+            method_run(tmp_path / f"{student}-scratch-{seed}", seed, base + 0.001 * seed, base, student, 10.0)
+            # KD: the T=2 setting is better on validation, the T=8 one on test: T=2 is chosen.
+            method_run(
+                tmp_path / f"{student}-kd2-{seed}", seed, base + 0.02, base + 0.05, student, 20.0, temperature=2.0
+            )
+            method_run(
+                tmp_path / f"{student}-kd8-{seed}", seed, base + 0.04, base + 0.01, student, 20.0, temperature=8.0
+            )
+            dkd = {"objective": "dkd", "beta_nckd": 8.0, "alpha_tckd": 1.0}
+            method_run(tmp_path / f"{student}-dkd-{seed}", seed, base - 0.01 + 0.01 * seed, base, student, 30.0, **dkd)
+        method_run(tmp_path / f"cnn-fitnets-{seed}", seed, 0.86, 0.86, "cnn", 60.0, feature_pairs=hints)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert "comparison" not in summary  # one verdict per student and method instead
+    methods = {(m["student"], m["method"]): m for m in summary["methods"]}
+    assert sorted(methods) == [
+        ("cnn", "DKD"), ("cnn", "FitNets hints + KD"), ("cnn", "KD"), ("cnn", "scratch"),
+        ("mlp", "DKD"), ("mlp", "KD"), ("mlp", "scratch"),
+    ]  # fmt: skip
+    kd = methods[("cnn", "KD")]
+    assert kd["chosen"] == "cnn: distilled (T=2, alpha=0.9)" and kd["settings_tried"] == 2
+    assert kd["gain"] == pytest.approx(0.02 - 0.001) and kd["significant"]
+    assert kd["seconds"] == 20.0 and kd["total_seconds"] == 120.0  # 2 settings x 3 seeds x 20 s
+    dkd = methods[("mlp", "DKD")]
+    assert dkd["test_std"] == pytest.approx(0.01) and not dkd["significant"]
+    assert "| mlp | DKD | mlp: DKD (T=4, beta=8) | 3 | 0.8000 ± 0.0100 | -0.10 points | 2.00 points | no gain |" in out
+    assert "| cnn | FitNets hints + KD | cnn: distilled, FitNets hints x1 (T=4, alpha=0.9) | 3 |" in out
+    assert "| cnn: scratch student | 3 |" in out and "| mlp: scratch student | 3 |" in out
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_logit_standardisation_is_its_own_method():
+    from lightning_kd.app.report import _method
+
+    assert _method({"objective": "kl", "standardize": True}) == "KD + logit standardisation"
+    assert _method({"objective": "dkd", "standardize": False}) == "DKD"
+    attention = [{"loss": "attention", "weight": 1000.0}, {"loss": "attention", "weight": 1000.0}]
+    assert _method({"objective": "kl", "feature_pairs": attention}) == "attention transfer + KD"

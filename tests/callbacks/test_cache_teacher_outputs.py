@@ -159,3 +159,16 @@ def test_a_dataset_without_indices_is_refused(tmp_path):
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CacheTeacherOutputs(**kwargs)
+
+
+def test_a_datamodule_that_augments_is_refused_before_training(tmp_path):
+    from lightning_kd.data import DigitsDataModule, RandomCropFlip
+
+    data = DigitsDataModule(batch_size=32, with_index=True, augment=RandomCropFlip(padding=1))
+    module = DistillationModule(MLP(64, 10, hidden=(8,)), MLP(64, 10, hidden=(8,)))
+    callback = CacheTeacherOutputs(dirpath=tmp_path / "outputs")
+    trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[callback])
+    augmenting = r"but the datamodule augments them \(RandomCropFlip\(padding=1, flip=True\)\)"
+    with pytest.raises(ValueError, match=augmenting):
+        trainer.fit(module, datamodule=data)
+    assert not (tmp_path / "outputs").exists()

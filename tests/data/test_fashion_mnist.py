@@ -8,24 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from kd_testing import write_fashion_mnist, write_idx
 from lightning_kd.data import FashionMNISTDataModule
-from lightning_kd.data.fashion_mnist import FILES, read_idx
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
+from lightning_kd.data.fashion_mnist import read_idx
 
 
 @pytest.fixture
 def fake_root(tmp_path):
-    rng = np.random.default_rng(0)
-    write_idx(tmp_path / FILES["train_images"], rng.integers(0, 256, (50, 28, 28)))
-    write_idx(tmp_path / FILES["train_labels"], np.arange(50) % 10)
-    write_idx(tmp_path / FILES["test_images"], rng.integers(0, 256, (20, 28, 28)))
-    write_idx(tmp_path / FILES["test_labels"], np.arange(20) % 10)
-    return tmp_path
+    return write_fashion_mnist(tmp_path)
 
 
 def test_read_idx_round_trip(tmp_path):

@@ -5,6 +5,7 @@ Each config node with a ``_target_`` is instantiated as it is: no keys are filte
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "fit_and_test",
     "resume_checkpoint",
     "supervised_module",
+    "teacher_config",
     "train_network",
     "trainer_settings",
 ]
@@ -65,15 +67,28 @@ def build_datamodule(cfg: DictConfig, include_unlabeled: bool, with_index: bool 
     return datamodule
 
 
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """The run's config as the teacher is trained with it.
+
+    ``teacher.train.max_epochs``, ``max_steps`` and ``augment`` replace the trainer's and the
+    data's, so that what interpolates them (a cosine schedule's ``T_max: ${trainer.max_epochs}``)
+    follows the teacher's training, not the student's.
+    """
+    view = copy.deepcopy(cfg)
+    for key in ("max_epochs", "max_steps"):
+        value = OmegaConf.select(cfg, f"teacher.train.{key}")
+        if value is not None:
+            OmegaConf.update(view, f"trainer.{key}", value)
+    augment = OmegaConf.select(cfg, "teacher.train.augment")
+    if augment is not None or "augment" in cfg.data:
+        augment = OmegaConf.to_container(augment, resolve=True) if isinstance(augment, DictConfig) else augment
+        OmegaConf.update(view, "data.augment", augment, force_add=True)
+    return view
+
+
 def trainer_settings(cfg: DictConfig, teacher: bool = False) -> dict[str, Any]:
-    """The resolved ``trainer`` config; for the teacher, with ``teacher.train.max_epochs`` and ``max_steps``."""
-    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if teacher:
-        for key in ("max_epochs", "max_steps"):
-            value = OmegaConf.select(cfg, f"teacher.train.{key}")
-            if value is not None:
-                settings[key] = value
-    return settings
+    """The resolved ``trainer`` config; for the teacher, that of :func:`teacher_config`."""
+    return OmegaConf.to_container((teacher_config(cfg) if teacher else cfg).trainer, resolve=True)
 
 
 def build_trainer(
@@ -169,6 +184,8 @@ def train_network(
     resume_from: Optional[str] = None,
 ) -> float:
     """Stages ``teacher`` and ``student``: plain supervised training of one network."""
+    if role == "teacher":
+        cfg = teacher_config(cfg)
     module = supervised_module(cfg, network)
     trainer = build_trainer(cfg, output_dir, teacher=role == "teacher", distillation=False)
     monitored, tested, _ = fit_and_test(cfg, module, datamodule, trainer, resume_from)

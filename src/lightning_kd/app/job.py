@@ -21,6 +21,7 @@ from lightning_kd.app.building import (
     build_trainer,
     fit_and_test,
     resume_checkpoint,
+    teacher_config,
     train_network,
 )
 from lightning_kd.app.errors import ConfigError
@@ -56,7 +57,7 @@ def run(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     key = "teacher.net" if cfg.stage == "teacher" else "student"
     network = build_network(OmegaConf.select(cfg, key), key)
-    datamodule = build_datamodule(cfg, include_unlabeled=False)
+    datamodule = build_datamodule(teacher_config(cfg) if cfg.stage == "teacher" else cfg, include_unlabeled=False)
     return train_network(cfg, cfg.stage, network, datamodule, output_dir, resume_from)
 
 

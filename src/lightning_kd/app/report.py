@@ -127,26 +127,56 @@ def _variant(d: dict) -> str:
         parts.append("sequence-level")
     if d.get("on_policy"):
         parts.append(f"on-policy {float(d['on_policy']['fraction']):g}")
+    for kind, weights in _feature_kinds(d).items():
+        parts.append(f"{kind} x{'/'.join(f'{w:g}' for w in weights)}")
     return ", ".join(parts)
 
 
+def _feature_kinds(d: dict) -> dict[str, list[float]]:
+    """The intermediate-feature terms of a distillation, by kind, with their weights."""
+    kinds: dict[str, list[float]] = {}
+    for pair in d.get("feature_pairs") or []:
+        kind = "attention transfer" if pair.get("loss") == "attention" else "FitNets hints"
+        kinds.setdefault(kind, []).append(float(pair.get("weight", 1.0)))
+    return kinds
+
+
+def _method(d: dict) -> str:
+    """The method of a distillation, whatever its hyperparameters: ``KD``, ``DKD``, ``FitNets hints + KD``..."""
+    objective = d.get("objective", "kl")
+    name = {"dkd": "DKD", "mse": "logit matching"}.get(objective, "KD")
+    divergence = d.get("divergence", "forward_kl")
+    if objective == "kl" and divergence != "forward_kl":
+        name += f" ({DIVERGENCE_NAMES.get(divergence, divergence)})"
+    if d.get("standardize"):
+        name += " + logit standardisation"
+    kinds = list(_feature_kinds(d))
+    return " + ".join([*kinds, name]) if kinds else name
+
+
 def _setting(run: dict) -> tuple:
+    """What a run's group is: its stage and hyperparameters, the student's name, and the method."""
+    student = run.get("student_name", "")
     if run["stage"] == "distill":
         d = run["distill"]
+        method = _method(d)
         if d.get("objective") == "dkd":  # its weight of note is beta_nckd; it has no alpha
-            return ("distill", "dkd", float(d["beta_nckd"]), float(d["temperature"]), _variant(d))
-        return ("distill", d.get("objective", "kl"), float(d["alpha"]), float(d["temperature"]), _variant(d))
-    return (run["stage"],)
+            return ("distill", "dkd", float(d["beta_nckd"]), float(d["temperature"]), _variant(d), student, method)
+        weight, temperature = float(d["alpha"]), float(d["temperature"])
+        return ("distill", d.get("objective", "kl"), weight, temperature, _variant(d), student, method)
+    return (run["stage"],) if run["stage"] == "teacher" else (run["stage"], student)
 
 
-def _label(setting: tuple) -> str:
+def _label(setting: tuple, named: bool = False) -> str:
+    """The row's name; ``named`` puts the student's name first (a sweep over several students)."""
+    prefix = f"{setting[-2] if setting[0] == 'distill' else setting[-1]}: " if named and setting[0] != "teacher" else ""
     if setting[0] == "distill":
-        _, objective, weight, temperature, variant = setting
+        _, objective, weight, temperature, variant, _, _ = setting
         if objective == "dkd":
-            return f"DKD (T={temperature:g}, beta={weight:g}{', ' + variant if variant else ''})"
+            return f"{prefix}DKD (T={temperature:g}, beta={weight:g}{', ' + variant if variant else ''})"
         details = [f"T={temperature:g}", f"alpha={weight:g}"] + (["mse"] if objective == "mse" else [])
-        return f"distilled{', ' + variant if variant else ''} ({', '.join(details)})"
-    return {"student": "scratch student", "teacher": "teacher"}[setting[0]]
+        return f"{prefix}distilled{', ' + variant if variant else ''} ({', '.join(details)})"
+    return prefix + {"student": "scratch student", "teacher": "teacher"}[setting[0]]
 
 
 def summarise(runs: list[dict]) -> dict[str, Any]:
@@ -164,14 +194,21 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
         ]
 
     rows = []
+    students = sorted({s[-1] for s in groups if s[0] == "student"} | {s[-2] for s in groups if s[0] == "distill"})
+    named = len(students) > 1
     order = {"teacher": 0, "student": 1, "distill": 2}
-    for setting in sorted(groups, key=lambda s: (order[s[0]], s[1:])):
+
+    def sort_key(setting: tuple) -> tuple:
+        student = "" if setting[0] == "teacher" else setting[-1] if setting[0] == "student" else setting[-2]
+        return (setting[0] != "teacher", student, order[setting[0]], str(setting[-1]), setting[1:])
+
+    for setting in sorted(groups, key=sort_key):
         members = groups[setting]
         test_mean, test_std = _mean_std([m["test"][score.name] for m in members])
         mon_mean, mon_std = _mean_std([m["monitor"]["value"] for m in members])
         rows.append(
             Row(
-                label=_label(setting),
+                label=_label(setting, named),
                 setting=list(setting),
                 n=len(members),
                 seeds=sorted(m["seed"] for m in members if "seed" in m),
@@ -186,19 +223,12 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     summary: dict[str, Any] = {"rows": rows, "monitor": monitor._asdict(), "score": score._asdict()}
     distilled = [r for r in rows if r["setting"][0] == "distill"]
     scratch = next((r for r in rows if r["setting"][0] == "student"), None)
-    if distilled and scratch:
-        choose = max if monitor.mode == "max" else min
-        best = choose(distilled, key=lambda r: r["monitor_mean"])  # chosen on validation, not test
-        gain = best["test_mean"] - scratch["test_mean"]
-        if score.mode == "min":
-            gain = -gain  # a lower perplexity is the gain
-        threshold = 2 * max(best["test_std"], scratch["test_std"])
-        summary["comparison"] = {
-            "best_distilled_by_validation": best["label"],
-            "gain": gain,
-            "two_max_std": threshold,
-            "significant": gain > threshold,
-        }
+    if distilled and scratch and not named:
+        best = _best_by_validation(distilled, monitor)
+        summary["comparison"] = {"best_distilled_by_validation": best["label"], **_verdict(best, scratch, score)}
+    methods = _methods(rows, monitor, score)
+    if sum(m["method"] != "scratch" for m in methods) > 1:  # several methods, or several students
+        summary["methods"] = methods
     sized = [run for run in runs if "latency_ms" in run]
     if sized:
         run = sized[0]
@@ -214,6 +244,53 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
         }
     summary["samples"] = _samples(runs, groups)
     return summary
+
+
+def _best_by_validation(rows: list[Row], monitor: Monitor) -> Row:
+    """The row with the best mean of the monitored metric: chosen on validation, never on test."""
+    return (max if monitor.mode == "max" else min)(rows, key=lambda r: r["monitor_mean"])
+
+
+def _verdict(best: Row, scratch: Row, score: Monitor) -> dict[str, Any]:
+    """The gain of ``best`` over the scratch student, and whether it exceeds 2 x the larger std."""
+    gain = best["test_mean"] - scratch["test_mean"]
+    if score.mode == "min":
+        gain = -gain  # a lower perplexity is the gain
+    threshold = 2 * max(best["test_std"], scratch["test_std"])
+    return {"gain": gain, "two_max_std": threshold, "significant": gain > threshold}
+
+
+def _methods(rows: list[Row], monitor: Monitor, score: Monitor) -> list[dict[str, Any]]:
+    """Per student and method, the setting chosen on validation against that student's scratch runs.
+
+    ``seconds`` is the mean time of one run of the chosen setting; ``total_seconds`` the time of
+    every run of the method (its whole grid and all seeds), what choosing it cost.
+    """
+    found = []
+    for scratch in (r for r in rows if r["setting"][0] == "student"):
+        student = scratch["setting"][-1]
+        by_method: dict[str, list[Row]] = defaultdict(list)
+        for row in rows:
+            if row["setting"][0] == "distill" and row["setting"][-2] == student:
+                by_method[row["setting"][-1]].append(row)
+        found.append({"student": student, "method": "scratch", **_method_entry(scratch, [scratch])})
+        for method, candidates in sorted(by_method.items()):
+            best = _best_by_validation(candidates, monitor)
+            entry = {"student": student, "method": method, **_method_entry(best, candidates)}
+            found.append({**entry, "chosen": best["label"], **_verdict(best, scratch, score)})
+    return found
+
+
+def _method_entry(best: Row, candidates: list[Row]) -> dict[str, Any]:
+    timed = all(r.get("seconds") is not None for r in candidates)
+    return {
+        "n": best["n"],
+        "settings_tried": len(candidates),
+        "test_mean": best["test_mean"],
+        "test_std": best["test_std"],
+        "seconds": best.get("seconds"),
+        "total_seconds": sum(r["seconds"] * r["n"] for r in candidates) if timed else None,
+    }
 
 
 def _samples(runs: list[dict], groups: dict[tuple, list[dict]]) -> list[dict[str, str]]:
@@ -266,6 +343,8 @@ def format_table(summary: dict[str, Any]) -> str:
             f"\nBest distilled setting (chosen on {monitor.name}, {direction}): {c['best_distilled_by_validation']}: "
             f"{change}; 2 x the larger std = {unit}: {verdict}."
         )
+    if "methods" in summary:
+        lines.append(_methods_table(summary["methods"], monitor, score))
     if "size" in summary:
         s = summary["size"]
         lines.append(
@@ -276,6 +355,34 @@ def format_table(summary: dict[str, Any]) -> str:
     if summary.get("samples"):
         lines.append("\nSamples (the same prompt, seed and sampling settings for every model):")
         lines.extend(f"- **{sample['label']}**: {_one_line(sample['text'])}" for sample in summary["samples"])
+    return "\n".join(lines)
+
+
+def _methods_table(methods: list[dict[str, Any]], monitor: Monitor, score: Monitor) -> str:
+    """Each method at its setting chosen on validation, with its verdict against the scratch student."""
+    direction = "higher is better" if monitor.mode == "max" else "lower is better"
+    accuracy = score.name.endswith("acc")
+    lines = [
+        f"\nEach method at its best setting, chosen on {monitor.name} ({direction}); the verdict compares its "
+        f"{score.name} with the same student's from scratch (a real gain exceeds 2 x the larger std):\n",
+        f"| student | method | chosen setting | runs | {score.name} (mean ± std) | gain | 2 x larger std | verdict "
+        "| seconds per run | seconds, all runs of the method |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    scale, unit = (100, " points") if accuracy else (1, "")
+    for m in methods:
+        if m["method"] == "scratch":
+            gain = threshold = verdict = ""
+        else:
+            gain, threshold = f"{m['gain'] * scale:+.2f}{unit}", f"{m['two_max_std'] * scale:.2f}{unit}"
+            verdict = "real gain" if m["significant"] else ("not significant" if m["gain"] > 0 else "no gain")
+        seconds = "" if m["seconds"] is None else f"{m['seconds']:.0f}"
+        total = "" if m["total_seconds"] is None else f"{m['total_seconds']:.0f}"
+        tried = f" (best of {m['settings_tried']})" if m["settings_tried"] > 1 else ""
+        lines.append(
+            f"| {m['student']} | {m['method']} | {m.get('chosen', '')}{tried} | {m['n']} | "
+            f"{m['test_mean']:.4f} ± {m['test_std']:.4f} | {gain} | {threshold} | {verdict} | {seconds} | {total} |"
+        )
     return "\n".join(lines)
 
 
@@ -297,27 +404,38 @@ def plot(summary: dict[str, Any], root: Path) -> Optional[Path]:
     score = Monitor(**summary.get("score", {"name": "test/acc", "mode": "max"}))
     distilled = [r for r in summary["rows"] if r["setting"][0] == "distill"]
     temperatures = {r["setting"][3] for r in distilled}
-    if len(temperatures) > 1:
+    if "methods" in summary:  # one bar per method and student, at the setting chosen on validation
+        teacher = [r for r in summary["rows"] if r["setting"][0] == "teacher"]
+        bars = [_Bar(r["label"], r["test_mean"], r["test_std"], "black") for r in teacher]
+        for m in summary["methods"]:
+            color = "gray" if m["method"] == "scratch" else "C0"
+            bars.append(_Bar(f"{m['student']}: {m['method']}", m["test_mean"], m["test_std"], color))
+        fig, path = _plot_bars(plt, bars, score), root / BAR_PLOT_FILE
+    elif len(temperatures) > 1:
         fig, path = _plot_against_temperature(plt, summary, distilled, score), root / PLOT_FILE
     else:
-        fig, path = _plot_bars(plt, summary, score), root / BAR_PLOT_FILE
+        colors = {"teacher": "black", "student": "gray", "distill": "C0"}
+        bars = [_Bar(r["label"], r["test_mean"], r["test_std"], colors[r["setting"][0]]) for r in summary["rows"]]
+        fig, path = _plot_bars(plt, bars, score), root / BAR_PLOT_FILE
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
 
 
-def _plot_bars(plt: Any, summary: dict[str, Any], score: Monitor) -> Any:
-    rows = summary["rows"]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
-    positions = list(range(len(rows)))[::-1]
-    colors = [
-        "black" if r["setting"][0] == "teacher" else "gray" if r["setting"][0] == "student" else "C0" for r in rows
-    ]
-    ax.barh(positions, [r["test_mean"] for r in rows], xerr=[r["test_std"] for r in rows], color=colors, capsize=3)
-    ax.set_yticks(positions, [r["label"] for r in rows], fontsize=8)
-    values = [r["test_mean"] - r["test_std"] for r in rows]
-    low, high = min(values), max(r["test_mean"] + r["test_std"] for r in rows)
+class _Bar(NamedTuple):
+    label: str
+    mean: float
+    std: float
+    color: str
+
+
+def _plot_bars(plt: Any, bars: list[_Bar], score: Monitor) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.5))
+    positions = list(range(len(bars)))[::-1]
+    ax.barh(positions, [b.mean for b in bars], xerr=[b.std for b in bars], color=[b.color for b in bars], capsize=3)
+    ax.set_yticks(positions, [b.label for b in bars], fontsize=8)
+    low, high = min(b.mean - b.std for b in bars), max(b.mean + b.std for b in bars)
     ax.set_xlim(max(0.0, low - 0.1 * (high - low + 1e-9)), high + 0.05 * (high - low + 1e-9))
     better = "higher" if score.mode == "max" else "lower"
     ax.set_xlabel(f"{score.name} (mean ± std over seeds, {better} is better)")

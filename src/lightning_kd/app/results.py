@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_kd.app.task import headline_metric
 from lightning_kd.files import save_json
 
-__all__ = ["METRICS_FILE", "distill_settings", "start_clock", "write_results"]
+__all__ = ["METRICS_FILE", "distill_settings", "start_clock", "student_name", "write_results"]
 
 METRICS_FILE = "metrics.json"  # settings and final metrics of one run, machine-readable
 
@@ -43,7 +44,18 @@ def write_results(cfg: DictConfig, stage: str, output_dir: Path, monitored: floa
         "seconds": round(time.monotonic() - _job_started, 1),
         **extra,
     }
+    if stage != "teacher":
+        results["student_name"] = student_name(cfg)
     save_json(output_dir / METRICS_FILE, results)
+
+
+def student_name(cfg: DictConfig) -> str:
+    """The student's config name (``student=cnn_small``), or its class when composed otherwise."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("student")
+        if choice:
+            return str(choice)
+    return str(cfg.student.get("_target_", "student")).rsplit(".", 1)[-1]
 
 
 def distill_settings(cfg: DictConfig, loss: Any) -> dict[str, Any]:
@@ -60,6 +72,8 @@ def distill_settings(cfg: DictConfig, loss: Any) -> dict[str, Any]:
     )
     if cfg.distill.get("loss_on"):  # language models: from logits or from hidden states
         settings["loss_on"] = cfg.distill.loss_on
+    pairs = cfg.distill.get("feature_pairs")
+    settings["feature_pairs"] = OmegaConf.to_container(pairs, resolve=True) if pairs else None
     for key in ("sequence_level", "on_policy"):
         node = cfg.distill.get(key)
         settings[key] = (

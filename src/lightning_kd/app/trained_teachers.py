@@ -22,7 +22,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lightning_kd.app.building import build_datamodule, build_network, train_network, trainer_settings
+from lightning_kd.app.building import (
+    build_datamodule,
+    build_network,
+    teacher_config,
+    train_network,
+    trainer_settings,
+)
 from lightning_kd.app.errors import ConfigError
 from lightning_kd.app.teacher_weights import TeacherCheckpointError, load_teacher_weights
 from lightning_kd.files import save_json, save_torch
@@ -39,9 +45,12 @@ PARTIAL_SETTINGS = ("limit_train_batches", "limit_val_batches", "overfit_batches
 
 def teacher_recipe(cfg: DictConfig) -> dict[str, Any]:
     """Everything that determines the teacher that ``stage=distill`` trains, resolved."""
+    cfg = teacher_config(cfg)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("include_unlabeled", None)  # the teacher never sees the unlabeled transfer set
     data.pop("tokenizer_dir", None)  # where the tokenizer is cached; it is keyed by the text and its settings
+    if data.get("augment") is None:
+        data.pop("augment", None)  # keeps the keys of teachers stored before augmentation existed
     trainer = trainer_settings(cfg, teacher=True)
     for key in PRESENTATION_SETTINGS:
         trainer.pop(key, None)
@@ -104,7 +113,7 @@ def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
         log.info("training a teacher for this run only, in %s: %s trains it on part of the data", where, partial)
     L.seed_everything(cfg.teacher.train.seed, workers=True, verbose=False)
     teacher = build_network(cfg.teacher.net, "teacher.net")
-    train_network(cfg, "teacher", teacher, build_datamodule(cfg, include_unlabeled=False), where)
+    train_network(cfg, "teacher", teacher, build_datamodule(teacher_config(cfg), include_unlabeled=False), where)
     if partial is not None:
         return teacher, str(where / "teacher.pt")
     _store(stored, teacher, recipe, output_dir, _resolved_config(cfg))

@@ -155,12 +155,21 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("lr_scheduler"):
         _check_arguments(cfg, "lr_scheduler")
         _build("lr_scheduler", lambda: instantiate(cfg.lr_scheduler)(optimizer))
+    for key in ("data.augment", "teacher.train.augment"):
+        if OmegaConf.select(cfg, key) is not None:
+            _build(key, lambda key=key: instantiate(OmegaConf.select(cfg, key)))
     if cfg.stage == "distill":
         _build("distill.loss", lambda: instantiate(cfg.distill.loss))
         for key in ("teacher_outputs", "on_policy", "sequence_level"):
             if cfg.distill.get(key):
                 _build(f"distill.{key}", lambda key=key: instantiate(cfg.distill[key]))
         _check_language_model_options(cfg)
+        if cfg.distill.get("teacher_outputs") and OmegaConf.select(cfg, "data.augment") is not None:
+            raise ConfigError(
+                "distill/teacher_outputs=cached stores the teacher's outputs on fixed inputs, but data.augment "
+                "changes the training inputs every epoch: set data.augment=null for the student (the teacher keeps "
+                "teacher.train.augment) or use distill/teacher_outputs=live"
+            )
         if cfg.distill.get("feature_pairs"):
             _check_feature_pairs(cfg)
 

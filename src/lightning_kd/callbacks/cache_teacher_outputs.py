@@ -107,6 +107,12 @@ class CacheTeacherOutputs(L.Callback):
                 "feature_pairs: their teacher features come from a live teacher forward on every step and cannot be "
                 "stored. Drop the callback (distill/teacher_outputs=live in kd-train) or the feature pairs"
             )
+        augment = getattr(trainer.datamodule, "augment", None) if stage == "fit" else None
+        if augment is not None:
+            raise ValueError(
+                f"{type(self).__name__} stores the teacher's outputs on fixed training inputs, but the datamodule "
+                f"augments them ({augment!r}), so they change every epoch: drop the augmentation or the callback"
+            )
         if stage == "fit" and self.top_k is not None and getattr(pl_module.loss, "objective", "kl") != "kl":
             raise ValueError(
                 f"top_k={self.top_k} needs the KL soft loss (objective='kl'); logit matching needs every logit"

@@ -1,5 +1,6 @@
 """LightningDataModules for the bundled and offline datasets."""
 
+from lightning_kd.data.augment import RandomCropFlip
 from lightning_kd.data.base import TensorDataModule
 from lightning_kd.data.bbc_news import BBCNewsDataModule
 from lightning_kd.data.digits import DigitsDataModule
@@ -13,6 +14,7 @@ __all__ = [
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "IndexedDataset",
+    "RandomCropFlip",
     "ShakespeareDataModule",
     "TensorDataModule",
     "TokenBlocks",

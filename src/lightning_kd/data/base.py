@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import lightning as L
 import torch
@@ -35,6 +35,10 @@ class TensorDataModule(L.LightningDataModule):
             every run of a sweep sees the same split.
         with_index: Training batches are dicts ``{"x", "y", "index"}`` (an
             :class:`~lightning_kd.data.IndexedDataset`), the keys of a teacher-output cache.
+        augment: A random transform of a batch of inputs (e.g.
+            :class:`~lightning_kd.data.RandomCropFlip`), applied to training batches only, on the
+            device, after the transfer. The inputs then change between epochs, so teacher outputs
+            cannot be cached.
     """
 
     num_classes: int
@@ -47,6 +51,7 @@ class TensorDataModule(L.LightningDataModule):
         include_unlabeled: bool = False,
         split_seed: int = 0,
         with_index: bool = False,
+        augment: Optional[Callable[[Tensor], Tensor]] = None,
     ):
         super().__init__()
         check_positive_int("batch_size", batch_size)
@@ -56,6 +61,9 @@ class TensorDataModule(L.LightningDataModule):
         self.include_unlabeled = include_unlabeled
         self.split_seed = split_seed
         self.with_index = with_index
+        if augment is not None and not callable(augment):
+            raise TypeError(f"augment must be a callable that takes a batch of inputs, got {augment!r}")
+        self.augment = augment
         self.train_set: Optional[TensorDataset] = None
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -80,6 +88,14 @@ class TensorDataModule(L.LightningDataModule):
         self.train_set = TensorDataset(x_train, y_train)
         self.val_set = TensorDataset(x_val, y_val)
         self.test_set = TensorDataset(x_test, y_test)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.augment is None or self.trainer is None or not self.trainer.training:
+            return batch
+        if isinstance(batch, dict):
+            return {**batch, "x": self.augment(batch["x"])}
+        x, *rest = batch
+        return (self.augment(x), *rest)
 
     def _loader(self, dataset: Union[TensorDataset, IndexedDataset], shuffle: bool) -> DataLoader:
         if self.trainer is not None and self.trainer.world_size > 1:
