@@ -176,13 +176,14 @@ def test_the_methods_table_chooses_each_methods_setting_on_validation_per_studen
         ("mlp", "DKD"), ("mlp", "KD"), ("mlp", "scratch"),
     ]  # fmt: skip
     kd = methods[("cnn", "KD")]
-    assert kd["chosen"] == "cnn: distilled (T=2, alpha=0.9)" and kd["settings_tried"] == 2
+    assert kd["chosen"] == "distilled (T=2, alpha=0.9)" and kd["settings_tried"] == 2
     assert kd["gain"] == pytest.approx(0.02 - 0.001) and kd["significant"]
     assert kd["seconds"] == 20.0 and kd["total_seconds"] == 120.0  # 2 settings x 3 seeds x 20 s
     dkd = methods[("mlp", "DKD")]
     assert dkd["test_std"] == pytest.approx(0.01) and not dkd["significant"]
-    assert "| mlp | DKD | mlp: DKD (T=4, beta=8) | 3 | 0.8000 ± 0.0100 | -0.10 points | 2.00 points | no gain |" in out
-    assert "| cnn | FitNets hints + KD | cnn: distilled, FitNets hints x1 (T=4, alpha=0.9) | 3 |" in out
+    assert "| mlp | DKD | DKD (T=4, beta=8) | 3 | 0.8000 ± 0.0100 | -0.10 points | 2.00 points | no gain |" in out
+    assert "| cnn | FitNets hints + KD | distilled, FitNets hints x1 (T=4, alpha=0.9) | 3 |" in out
+    assert "Student cnn: 100 parameters, 1.00% of the teacher's 10,000" in out and "Student mlp: 100" in out
     assert "| cnn: scratch student | 3 |" in out and "| mlp: scratch student | 3 |" in out
     assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -229,21 +229,31 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     methods = _methods(rows, monitor, score)
     if sum(m["method"] != "scratch" for m in methods) > 1:  # several methods, or several students
         summary["methods"] = methods
-    sized = [run for run in runs if "latency_ms" in run]
-    if sized:
-        run = sized[0]
-        student, teacher = run["params"]["student"], run["params"]["teacher"]
-        latency = {k: statistics.median(r["latency_ms"][k] for r in sized) for k in ("student", "teacher")}
-        summary["size"] = {
-            "student_params": student,
-            "teacher_params": teacher,
-            "size_ratio": student / teacher,
-            "student_latency_ms": latency["student"],
-            "teacher_latency_ms": latency["teacher"],
-            "speedup": latency["teacher"] / latency["student"],
-        }
+    by_student: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        if "latency_ms" in run:
+            by_student[run.get("student_name", "")].append(run)
+    sizes = {name: _size(sized) for name, sized in sorted(by_student.items())}
+    if sizes:
+        summary["size"] = next(iter(sizes.values()))
+    if len(sizes) > 1:
+        summary["sizes"] = sizes
     summary["samples"] = _samples(runs, groups)
     return summary
+
+
+def _size(sized: list[dict]) -> dict[str, float]:
+    """Parameters and median forward latency of one student and the teacher, from distillation runs."""
+    student, teacher = sized[0]["params"]["student"], sized[0]["params"]["teacher"]
+    latency = {k: statistics.median(r["latency_ms"][k] for r in sized) for k in ("student", "teacher")}
+    return {
+        "student_params": student,
+        "teacher_params": teacher,
+        "size_ratio": student / teacher,
+        "student_latency_ms": latency["student"],
+        "teacher_latency_ms": latency["teacher"],
+        "speedup": latency["teacher"] / latency["student"],
+    }
 
 
 def _best_by_validation(rows: list[Row], monitor: Monitor) -> Row:
@@ -277,7 +287,8 @@ def _methods(rows: list[Row], monitor: Monitor, score: Monitor) -> list[dict[str
         for method, candidates in sorted(by_method.items()):
             best = _best_by_validation(candidates, monitor)
             entry = {"student": student, "method": method, **_method_entry(best, candidates)}
-            found.append({**entry, "chosen": best["label"], **_verdict(best, scratch, score)})
+            chosen = best["label"].removeprefix(f"{student}: ")
+            found.append({**entry, "chosen": chosen, **_verdict(best, scratch, score)})
     return found
 
 
@@ -345,11 +356,10 @@ def format_table(summary: dict[str, Any]) -> str:
         )
     if "methods" in summary:
         lines.append(_methods_table(summary["methods"], monitor, score))
-    if "size" in summary:
-        s = summary["size"]
+    for name, s in (summary.get("sizes") or {"": summary["size"]} if "size" in summary else {}).items():
         lines.append(
-            f"Student: {s['student_params']:,} parameters, {s['size_ratio'] * 100:.2f}% of the teacher's "
-            f"{s['teacher_params']:,}; forward pass {s['student_latency_ms']:.3f} ms vs "
+            f"Student{' ' + name if name else ''}: {s['student_params']:,} parameters, {s['size_ratio'] * 100:.2f}% "
+            f"of the teacher's {s['teacher_params']:,}; forward pass {s['student_latency_ms']:.3f} ms vs "
             f"{s['teacher_latency_ms']:.3f} ms per test batch ({s['speedup']:.1f}x faster)."
         )
     if summary.get("samples"):
