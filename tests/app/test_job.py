@@ -131,6 +131,8 @@ def test_the_teacher_recipe_covers_what_changes_training_and_nothing_else(tmp_pa
         "trainer.limit_train_batches=3"
     )
     assert partial_training(teacher_recipe(compose_train(tmp_path))["trainer"]) is None
+    # No augmentation leaves the recipe as before augmentation existed: stored teachers keep their keys.
+    assert "augment" not in teacher_recipe(compose_train(tmp_path, "data=fashion_mnist"))["data"]
 
 
 def test_distill_from_a_lightning_checkpoint_and_from_a_state_dict(tmp_path):
