@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from kd_testing import compose_train
 from lightning_kd.app.errors import ConfigError
@@ -391,6 +392,14 @@ def test_the_teacher_trains_with_its_own_epochs_schedule_and_augmentation(tmp_pa
     assert build_lr_scheduler(cfg)(optimizer)["scheduler"].T_max == 2  # the student's run is unchanged
     assert teacher.trainer.max_epochs == 7 and cfg.trainer.max_epochs == 2
     assert teacher.data.augment.padding == 3 and cfg.data.augment is None
+    # The teacher's augmentation replaces the students' whole, not key by key.
+    both = compose_train(
+        tmp_path,
+        "data=fashion_mnist",
+        "data.augment={_target_:lightning_kd.data.RandomCropFlip,padding:1,flip:false}",
+        "teacher.train.augment={_target_:torch.nn.Identity}",
+    )
+    assert OmegaConf.to_container(teacher_config(both).data.augment) == {"_target_": "torch.nn.Identity"}
 
 
 def test_a_teacher_trained_with_augmentation_beside_an_unaugmented_student(tmp_path, monkeypatch):

@@ -82,7 +82,7 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     augment = OmegaConf.select(cfg, "teacher.train.augment")
     if augment is not None or "augment" in cfg.data:
         augment = OmegaConf.to_container(augment, resolve=True) if isinstance(augment, DictConfig) else augment
-        OmegaConf.update(view, "data.augment", augment, force_add=True)
+        OmegaConf.update(view, "data.augment", augment, merge=False, force_add=True)
     return view
 
 
