@@ -60,6 +60,7 @@ def test_distill_trains_a_teacher_once_stores_its_recipe_then_reuses_it(tmp_path
         "beta": 0.5,
         "standardize": False,
         "teacher_outputs": "live",
+        "feature_pairs": None,
         "sequence_level": None,
         "on_policy": None,
     }

@@ -139,6 +139,7 @@ def test_perplexity_is_reported_lower_is_better_with_a_bar_chart(tmp_path, capsy
     assert "2 x the larger std = 20.00: a real gain" in out
     assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "accuracy_vs_temperature.png").exists()
+    assert "Each method at its best setting" not in out  # one setting per method: the rows say it all
 
 
 def method_run(folder, seed, acc, val, student, seconds, **distill):
@@ -195,3 +196,8 @@ def test_logit_standardisation_is_its_own_method():
     assert _method({"objective": "dkd", "standardize": False}) == "DKD"
     attention = [{"loss": "attention", "weight": 1000.0}, {"loss": "attention", "weight": 1000.0}]
     assert _method({"objective": "kl", "feature_pairs": attention}) == "attention transfer + KD"
+    # Language models: the divergence, the top-k store and how the text is made are methods too.
+    assert _method({"objective": "kl", "divergence": "jsd", "beta": 0.5}) == "KD (JSD)"
+    assert _method({"objective": "kl", "teacher_outputs": "cached top-32"}) == "KD, top-32 teacher"
+    assert _method({"objective": "kl", "on_policy": {"fraction": 0.5}}) == "KD, on-policy"
+    assert _method({"objective": "kl", "teacher_outputs": "cached", "sequence_level": None}) == "KD"

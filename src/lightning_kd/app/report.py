@@ -109,6 +109,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 DIVERGENCE_NAMES = {"reverse_kl": "reverse KL", "tvd": "TVD"}
+METHOD_OPTIONS = {"sequence_level": "sequence-level", "on_policy": "on-policy"}  # how the training text is made
 
 
 def _variant(d: dict) -> str:
@@ -147,9 +148,12 @@ def _method(d: dict) -> str:
     name = {"dkd": "DKD", "mse": "logit matching"}.get(objective, "KD")
     divergence = d.get("divergence", "forward_kl")
     if objective == "kl" and divergence != "forward_kl":
-        name += f" ({DIVERGENCE_NAMES.get(divergence, divergence)})"
+        name += f" ({DIVERGENCE_NAMES.get(divergence, divergence.upper())})"
     if d.get("standardize"):
         name += " + logit standardisation"
+    if str(d.get("teacher_outputs", "")).startswith("cached top-"):
+        name += ", " + d["teacher_outputs"].removeprefix("cached ") + " teacher"
+    name += "".join(f", {label}" for key, label in METHOD_OPTIONS.items() if d.get(key))
     kinds = list(_feature_kinds(d))
     return " + ".join([*kinds, name]) if kinds else name
 
@@ -200,7 +204,7 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
 
     def sort_key(setting: tuple) -> tuple:
         student = "" if setting[0] == "teacher" else setting[-1] if setting[0] == "student" else setting[-2]
-        return (setting[0] != "teacher", student, order[setting[0]], str(setting[-1]), setting[1:])
+        return (setting[0] != "teacher", student, order[setting[0]], setting[1:5] if setting[0] == "distill" else ())
 
     for setting in sorted(groups, key=sort_key):
         members = groups[setting]
@@ -227,7 +231,9 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
         best = _best_by_validation(distilled, monitor)
         summary["comparison"] = {"best_distilled_by_validation": best["label"], **_verdict(best, scratch, score)}
     methods = _methods(rows, monitor, score)
-    if sum(m["method"] != "scratch" for m in methods) > 1:  # several methods, or several students
+    distilled_methods = [m for m in methods if m["method"] != "scratch"]
+    # Only where it says more than the rows: each method chosen from a grid, or several students.
+    if len(distilled_methods) > 1 and (named or any(m["settings_tried"] > 1 for m in distilled_methods)):
         summary["methods"] = methods
     by_student: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
@@ -283,6 +289,7 @@ def _methods(rows: list[Row], monitor: Monitor, score: Monitor) -> list[dict[str
         for row in rows:
             if row["setting"][0] == "distill" and row["setting"][-2] == student:
                 by_method[row["setting"][-1]].append(row)
+        student = student or "student"  # runs from before the name was recorded
         found.append({"student": student, "method": "scratch", **_method_entry(scratch, [scratch])})
         for method, candidates in sorted(by_method.items()):
             best = _best_by_validation(candidates, monitor)
