@@ -86,9 +86,9 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     return view
 
 
-def trainer_settings(cfg: DictConfig, teacher: bool = False) -> dict[str, Any]:
-    """The resolved ``trainer`` config; for the teacher, that of :func:`teacher_config`."""
-    return OmegaConf.to_container((teacher_config(cfg) if teacher else cfg).trainer, resolve=True)
+def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved ``trainer`` config (the teacher's: pass :func:`teacher_config` of the run's)."""
+    return OmegaConf.to_container(cfg.trainer, resolve=True)
 
 
 def build_trainer(
@@ -101,7 +101,7 @@ def build_trainer(
     """Instantiate the trainer, callbacks and loggers, writing into ``output_dir``.
 
     Without ``distillation`` (stages teacher and student), the callbacks that need a
-    ``DistillableModule`` are left out.
+    ``DistillableModule`` are left out. ``teacher`` names the progress lines after the teacher.
     """
     cfg = cfg.copy()
     cfg.paths.output_dir = str(output_dir)
@@ -109,7 +109,7 @@ def build_trainer(
     if not distillation:
         callbacks = [c for c in callbacks if not isinstance(c, DISTILLATION_CALLBACKS)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    settings = trainer_settings(cfg, teacher)
+    settings = trainer_settings(cfg)
     if settings.get("enable_progress_bar") is None:
         settings["enable_progress_bar"] = sys.stderr.isatty()  # no walls of bar updates in logs
     if not settings["enable_progress_bar"]:  # one line per validation instead
@@ -183,9 +183,10 @@ def train_network(
     output_dir: Path,
     resume_from: Optional[str] = None,
 ) -> float:
-    """Stages ``teacher`` and ``student``: plain supervised training of one network."""
-    if role == "teacher":
-        cfg = teacher_config(cfg)
+    """Stages ``teacher`` and ``student``: plain supervised training of one network.
+
+    A teacher is trained with :func:`teacher_config` of the run's config: the caller passes it.
+    """
     module = supervised_module(cfg, network)
     trainer = build_trainer(cfg, output_dir, teacher=role == "teacher", distillation=False)
     monitored, tested, _ = fit_and_test(cfg, module, datamodule, trainer, resume_from)

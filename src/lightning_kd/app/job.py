@@ -53,11 +53,13 @@ def run(cfg: DictConfig) -> float:
     output_dir = Path(cfg.paths.output_dir)
     if cfg.stage == "distill":
         return _distill(cfg, output_dir)
+    if cfg.stage == "teacher":
+        cfg = teacher_config(cfg)  # teacher.train's epochs, steps and augmentation
     resume_from = resume_checkpoint(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     key = "teacher.net" if cfg.stage == "teacher" else "student"
     network = build_network(OmegaConf.select(cfg, key), key)
-    datamodule = build_datamodule(teacher_config(cfg) if cfg.stage == "teacher" else cfg, include_unlabeled=False)
+    datamodule = build_datamodule(cfg, include_unlabeled=False)
     return train_network(cfg, cfg.stage, network, datamodule, output_dir, resume_from)
 
 

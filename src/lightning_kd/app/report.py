@@ -122,8 +122,8 @@ def _variant(d: dict) -> str:
         parts.append(DIVERGENCE_NAMES.get(divergence, divergence))
     if d.get("standardize"):
         parts.append("logit standardisation")
-    if str(d.get("teacher_outputs", "")).startswith("cached top-"):
-        parts.append(d["teacher_outputs"].removeprefix("cached ") + " teacher")
+    if _top_k_teacher(d):
+        parts.append(_top_k_teacher(d))
     if d.get("sequence_level"):
         parts.append("sequence-level")
     if d.get("on_policy"):
@@ -131,6 +131,12 @@ def _variant(d: dict) -> str:
     for kind, weights in _feature_kinds(d).items():
         parts.append(f"{kind} x{'/'.join(f'{w:g}' for w in weights)}")
     return ", ".join(parts)
+
+
+def _top_k_teacher(d: dict) -> str:
+    """``"top-32 teacher"`` for a distillation from a top-k store of teacher outputs, else ``""``."""
+    outputs = str(d.get("teacher_outputs", ""))
+    return outputs.removeprefix("cached ") + " teacher" if outputs.startswith("cached top-") else ""
 
 
 def _feature_kinds(d: dict) -> dict[str, list[float]]:
@@ -151,8 +157,8 @@ def _method(d: dict) -> str:
         name += f" ({DIVERGENCE_NAMES.get(divergence, divergence.upper())})"
     if d.get("standardize"):
         name += " + logit standardisation"
-    if str(d.get("teacher_outputs", "")).startswith("cached top-"):
-        name += ", " + d["teacher_outputs"].removeprefix("cached ") + " teacher"
+    if _top_k_teacher(d):
+        name += ", " + _top_k_teacher(d)
     name += "".join(f", {label}" for key, label in METHOD_OPTIONS.items() if d.get(key))
     kinds = list(_feature_kinds(d))
     return " + ".join([*kinds, name]) if kinds else name
@@ -171,9 +177,16 @@ def _setting(run: dict) -> tuple:
     return (run["stage"],) if run["stage"] == "teacher" else (run["stage"], student)
 
 
+def _student_of(setting: tuple) -> str:
+    """The student's name in a setting of :func:`_setting` (``""`` for the teacher and unnamed runs)."""
+    if setting[0] == "teacher":
+        return ""
+    return setting[-1] if setting[0] == "student" else setting[-2]
+
+
 def _label(setting: tuple, named: bool = False) -> str:
     """The row's name; ``named`` puts the student's name first (a sweep over several students)."""
-    prefix = f"{setting[-2] if setting[0] == 'distill' else setting[-1]}: " if named and setting[0] != "teacher" else ""
+    prefix = f"{_student_of(setting)}: " if named and setting[0] != "teacher" else ""
     if setting[0] == "distill":
         _, objective, weight, temperature, variant, _, _ = setting
         if objective == "dkd":
@@ -198,13 +211,12 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
         ]
 
     rows = []
-    students = sorted({s[-1] for s in groups if s[0] == "student"} | {s[-2] for s in groups if s[0] == "distill"})
-    named = len(students) > 1
+    named = len({_student_of(s) for s in groups if s[0] != "teacher"}) > 1
     order = {"teacher": 0, "student": 1, "distill": 2}
 
     def sort_key(setting: tuple) -> tuple:
-        student = "" if setting[0] == "teacher" else setting[-1] if setting[0] == "student" else setting[-2]
-        return (setting[0] != "teacher", student, order[setting[0]], setting[1:5] if setting[0] == "distill" else ())
+        hyperparameters = setting[1:5] if setting[0] == "distill" else ()
+        return (setting[0] != "teacher", _student_of(setting), order[setting[0]], hyperparameters)
 
     for setting in sorted(groups, key=sort_key):
         members = groups[setting]
@@ -284,10 +296,10 @@ def _methods(rows: list[Row], monitor: Monitor, score: Monitor) -> list[dict[str
     """
     found = []
     for scratch in (r for r in rows if r["setting"][0] == "student"):
-        student = scratch["setting"][-1]
+        student = _student_of(scratch["setting"])
         by_method: dict[str, list[Row]] = defaultdict(list)
         for row in rows:
-            if row["setting"][0] == "distill" and row["setting"][-2] == student:
+            if row["setting"][0] == "distill" and _student_of(row["setting"]) == student:
                 by_method[row["setting"][-1]].append(row)
         student = student or "student"  # runs from before the name was recorded
         found.append({"student": student, "method": "scratch", **_method_entry(scratch, [scratch])})

@@ -51,7 +51,7 @@ def teacher_recipe(cfg: DictConfig) -> dict[str, Any]:
     data.pop("tokenizer_dir", None)  # where the tokenizer is cached; it is keyed by the text and its settings
     if data.get("augment") is None:
         data.pop("augment", None)  # keeps the keys of teachers stored before augmentation existed
-    trainer = trainer_settings(cfg, teacher=True)
+    trainer = trainer_settings(cfg)
     for key in PRESENTATION_SETTINGS:
         trainer.pop(key, None)
     return {
@@ -113,7 +113,8 @@ def obtain_teacher(cfg: DictConfig, output_dir: Path) -> tuple[nn.Module, str]:
         log.info("training a teacher for this run only, in %s: %s trains it on part of the data", where, partial)
     L.seed_everything(cfg.teacher.train.seed, workers=True, verbose=False)
     teacher = build_network(cfg.teacher.net, "teacher.net")
-    train_network(cfg, "teacher", teacher, build_datamodule(teacher_config(cfg), include_unlabeled=False), where)
+    view = teacher_config(cfg)
+    train_network(view, "teacher", teacher, build_datamodule(view, include_unlabeled=False), where)
     if partial is not None:
         return teacher, str(where / "teacher.pt")
     _store(stored, teacher, recipe, output_dir, _resolved_config(cfg))
