@@ -55,6 +55,17 @@ def test_a_custom_loss_trains_with_every_source_of_teacher_logits(source, tmp_pa
     assert any(not torch.equal(a, b) for a, b in zip(before, module.student.parameters(), strict=True))
 
 
+def test_a_custom_loss_that_returns_a_bare_tensor_is_told_what_to_return():
+    class BareLoss(torch.nn.Module):
+        def forward(self, student_logits, teacher_logits, targets):
+            return F.mse_loss(student_logits, teacher_logits)
+
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    module = DistillationModule(MLP(8, 3, hidden=(4,)), MLP(8, 3), loss=BareLoss())
+    with pytest.raises(TypeError, match=r"loss BareLoss returned a Tensor; .* must return an object with total, soft"):
+        quiet_trainer(max_epochs=1).fit(module, DataLoader(TensorDataset(x, y), batch_size=16))
+
+
 def test_teacher_logits_are_ordinary_tensors_without_a_graph():
     module = DistillationModule(MLP(8, 3), MLP(8, 3))
     logits = module.teacher_logits(torch.randn(4, 8))

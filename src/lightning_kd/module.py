@@ -253,6 +253,11 @@ class DistillationModule(DistillableModule):
             teacher_logits = live_logits if parts.teacher_logits is None else parts.teacher_logits.detach()
             feature_losses = features.losses(student_features, teacher_features)
         out = self.loss(student_logits, teacher_logits, parts.y)
+        if not all(hasattr(out, part) for part in ("total", "soft", "hard")):
+            raise TypeError(
+                f"loss {type(self.loss).__name__} returned a {type(out).__name__}; a DistillationModule loss must "
+                "return an object with total, soft and hard, such as DistillationLossOutput(total, soft, hard=None)"
+            )
         total = out.total if features is None else out.total + features.weighted_sum(feature_losses)
         parts_to_check = dict(zip(NON_FINITE_PARTS, (teacher_logits, student_logits, out.soft, out.hard), strict=True))
         parts_to_check.update({f"feature loss {name}": value for name, value in feature_losses.items()})
